@@ -1,0 +1,1 @@
+"""dfa_engine package."""
