@@ -321,8 +321,11 @@ def validate(cfg: EngineConfig) -> None:
         if f.accumulator is not None and f.accumulator < need:
             raise ConfigError("formats.accumulator", f.accumulator,
                               f"is too narrow: layer {layer + 1} needs {need} bits to sum {cfg.layers[layer]} products exactly")
-    if f.weight.frac_bits > f.delta.frac_bits + cfg.formats.input.frac_bits + 24 + f.learning_rate.frac_bits:
-        raise ConfigError("formats.weight", str(f.weight), "has too many fraction bits for the update product")
+    lr_bits = f.learning_rate.width if cfg.lr_multiplier is not None else 1
+    update_bits = f.delta.width + lr_bits + max(f.input.width, f.activation.width)
+    if update_bits > 62:
+        raise ConfigError("formats.delta", str(f.delta),
+                          f"makes the update product delta * lr * h {update_bits} bits; the limit is 62")
     if cfg.feedback.values == "pow2" and cfg.feedback.max_shift > f.feedback.frac_bits:
         raise ConfigError("feedback.max_shift", cfg.feedback.max_shift,
                           f"exceeds the feedback format's {f.feedback.frac_bits} fraction bits ({f.feedback})")
