@@ -116,10 +116,10 @@ class EngineConfig:
     def required_accumulator_bits(self, layer: int) -> int:
         """Bits for the exact sum of ``fan_in`` products plus the aligned bias."""
         f = self.formats
-        x = self.in_format(layer)
-        prod = f.weight.width + x.width - (0 if x.signed else 1)
-        terms = self.layers[layer] + 1
-        return prod + math.ceil(math.log2(terms)) + 1
+        prod = f.weight.width + self.in_format(layer).width   # any signed x (un)signed product
+        bias = f.bias.width + self.accumulator_frac(layer) - f.bias.frac_bits
+        terms = self.layers[layer] + 1    # n terms of p bits: the sum needs p + ceil(log2 n)
+        return max(prod, bias) + math.ceil(math.log2(terms))
 
     def accumulator_bits(self, layer: int) -> int:
         if self.formats.accumulator is not None:

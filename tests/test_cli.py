@@ -1,0 +1,63 @@
+"""The dfa-engine command as a user runs it."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "dfa_engine.cli", *args], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("sub", ["", "train", "check", "study", "trace-diff"])
+def test_help(sub):
+    r = _run(*([sub] if sub else []), "--help")
+    assert r.returncode == 0
+    assert "usage: dfa-engine" in r.stdout
+
+
+def test_train_default_small(tmp_path):
+    out = tmp_path / "h.json"
+    r = _run("train", "--epochs", "1", "--samples", "300", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "test accuracy:" in r.stdout
+    hist = json.loads(out.read_text())["history"]
+    assert len(hist) == 1 and 0.3 < hist[0]["test_accuracy"] <= 1.0
+
+
+def test_train_rejects_input_size_mismatch():
+    r = _run("train", "--dataset", "digits", "--epochs", "1")
+    assert r.returncode == 2
+    assert r.stderr.strip() == "error: network.layers[0]: 784 must equal the digits input size 64"
+
+
+def test_check_prints_derived_widths():
+    r = _run("check")
+    assert r.returncode == 0
+    d = json.loads(r.stdout)
+    assert d["layers"] == [784, 128, 10]
+    # s1.14 x u0.8 products (24 bits) summed over 785 terms (784 products, 1 bias): 24 + 10 bits;
+    # layer 2: s1.14 x s5.10 (32 bits), 129 terms: 32 + 8 bits.
+    assert d["derived"]["accumulator_bits_required"] == [34, 40]
+
+
+def test_trace_diff_reports_first_difference(tmp_path):
+    from dfa_engine.config import default_config
+    from dfa_engine.data import load_dataset
+    from dfa_engine.sim.golden import GoldenModel
+
+    cfg = default_config()
+    ds = load_dataset("mnist5k")
+    x = cfg.formats.input.from_float(ds.x_train[:3])
+    m = GoldenModel(cfg, trace=True)
+    m.train_epoch(x, ds.y_train[:3])
+    m.trace.save(tmp_path / "a.npz")
+    m.trace.records[2]["e"][4] += 1
+    m.trace.save(tmp_path / "b.npz")
+    same = _run("trace-diff", str(tmp_path / "a.npz"), str(tmp_path / "a.npz"))
+    assert same.returncode == 0 and "traces agree" in same.stdout
+    r = _run("trace-diff", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"))
+    assert r.returncode == 1
+    assert "sample 2, tensor e[4]" in r.stdout
