@@ -1,0 +1,86 @@
+"""The MAC datapath: ``P`` output-stationary lanes that sum exactly (``docs/numerics.md`` 3.1).
+
+Each lane owns one output neuron. One input element ``x_j`` is broadcast to all lanes per
+transfer, with the ``P`` weights ``W[i0 + p, j]`` (one per lane, from ``P`` memory banks).
+The first element of a row group loads the aligned bias; the last one emits the ``P``
+exact sums. Because the accumulator is wide enough to never overflow, the order of the
+terms is irrelevant: the same unit serves the forward pass (``W h``) and BP's transposed
+product (``W^T delta``, lanes owning input neurons) and, later, convolutions streamed
+through it.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["MACArray"]
+
+
+class MACArray(wiring.Component):
+    """``P`` lanes of exact multiply-accumulate with stream input and output.
+
+    Parameters
+    ----------
+    lanes : int
+        Number of lanes ``P``.
+    x_shape, w_shape : Shape
+        Shapes of the broadcast operand and of each lane's weight.
+    acc_width : int
+        Width of each exact (signed) accumulator.
+    bias_shape : Shape
+        Shape of each lane's bias, already aligned to the accumulator's fraction bits.
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout{x, w[P], bias[P], first, last}))
+        ``bias`` is read on ``first`` transfers only.
+    o : Out(stream.Signature(ArrayLayout(signed(acc_width), P)))
+        One transfer per ``last`` input: the sums of the row group.
+    """
+
+    def __init__(self, *, lanes: int, x_shape, w_shape, acc_width: int, bias_shape):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"Lane count must be a positive integer, not {lanes!r}")
+        if not isinstance(acc_width, int) or acc_width < 2:
+            raise ValueError(f"Accumulator width must be an integer >= 2, not {acc_width!r}")
+        self._lanes, self._acc_width = lanes, acc_width
+        in_layout = data.StructLayout({
+            "x": x_shape,
+            "w": data.ArrayLayout(w_shape, lanes),
+            "bias": data.ArrayLayout(bias_shape, lanes),
+            "first": 1,
+            "last": 1,
+        })
+        super().__init__({
+            "i": In(stream.Signature(in_layout)),
+            "o": Out(stream.Signature(data.ArrayLayout(signed(acc_width), lanes))),
+        })
+
+    @property
+    def lanes(self):
+        return self._lanes
+
+    def elaborate(self, platform):
+        m = Module()
+        acc = [Signal(signed(self._acc_width), name=f"acc{p}") for p in range(self._lanes)]
+        # One output buffer: accept input unless a finished sum is waiting.
+        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+        with m.If(self.o.valid & self.o.ready):
+            m.d.sync += self.o.valid.eq(0)
+        with m.If(self.i.valid & self.i.ready):
+            p_in = self.i.payload
+            for p in range(self._lanes):
+                term = p_in.w[p] * p_in.x
+                nxt = Signal(signed(self._acc_width), name=f"next{p}")
+                with m.If(p_in.first):
+                    m.d.comb += nxt.eq(p_in.bias[p] + term)
+                with m.Else():
+                    m.d.comb += nxt.eq(acc[p] + term)
+                m.d.sync += acc[p].eq(nxt)
+                with m.If(p_in.last):
+                    m.d.sync += self.o.payload[p].eq(nxt)
+            with m.If(p_in.last):
+                m.d.sync += self.o.valid.eq(1)
+        return m
