@@ -12,30 +12,22 @@ zero and rounds to a zero update in every rounding mode.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from dfa_engine.config import EngineConfig
 from dfa_engine.feedback import feedback_matrix, initial_parameters
 from dfa_engine.fixed import requantize, saturate, shift_round
 from dfa_engine.lfsr import LFSRBlock, seed_state
+from dfa_engine.tables import RECIP_BITS, exp_table
 
 from .trace import Trace
 
-__all__ = ["GoldenModel", "softmax_table", "EXP_FRAC_BITS"]
-
-#: Fraction bits of the exp table entries (u1.15: 1.0 is 2**15).
-EXP_FRAC_BITS = 15
-#: Fraction bits of the reciprocal R = floor(2**RECIP_BITS / S).
-RECIP_BITS = 31
+__all__ = ["GoldenModel", "softmax_table"]
 
 
 def softmax_table(cfg: EngineConfig) -> np.ndarray:
-    """``E[k] = floor(exp(-k / 2**t) * 2**15 + 1/2)`` for ``k < table_size``."""
-    t = cfg.softmax_table_frac_bits
-    return np.array([math.floor(math.exp(-k / (1 << t)) * (1 << EXP_FRAC_BITS) + 0.5)
-                     for k in range(cfg.softmax_table_size)], dtype=np.int64)
+    """The exp table of ``docs/numerics.md`` section 4 as an int64 array."""
+    return np.array(exp_table(cfg), dtype=np.int64)
 
 
 class GoldenModel:

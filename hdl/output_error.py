@@ -1,0 +1,138 @@
+"""The output-error unit: ``e = softmax(y) - onehot(t)`` exactly as ``docs/numerics.md`` 4.
+
+Sequential and small: one class per cycle for the maximum, one per cycle for the exp-table
+look-up and the sum, a 1-bit-per-cycle restoring divider for ``R = floor(2^31 / S)``, one
+class per cycle for ``p = round(E R)``. About ``3 C + 33`` cycles per sample, next to the
+thousands of the MAC passes. The prediction (first maximum) falls out of the first pass.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Module, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from dfa_engine.config import EngineConfig
+from dfa_engine.tables import EXP_FRAC_BITS, RECIP_BITS, exp_table
+
+__all__ = ["OutputError"]
+
+
+class OutputError(wiring.Component):
+    """Stream in ``{y[C], label}``, stream out ``{e[C], prediction}``.
+
+    Members
+    -------
+    i : In(stream.Signature(StructLayout{y: ArrayLayout(activation, C), label}))
+    o : Out(stream.Signature(StructLayout{e: ArrayLayout(error, C), prediction, saturated}))
+        ``saturated`` counts the elements of ``e`` that were clamped (site ``e``).
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self._cfg = cfg
+        f = cfg.formats
+        C = cfg.n_classes
+        idx_w = max(1, (C - 1).bit_length())
+        self._idx_w = idx_w
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({
+                "y": data.ArrayLayout(f.activation.amaranth_shape(), C), "label": idx_w}))),
+            "o": Out(stream.Signature(data.StructLayout({
+                "e": data.ArrayLayout(f.error.amaranth_shape(), C), "prediction": idx_w,
+                "saturated": idx_w + 1}))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg, f = self._cfg, self._cfg.formats
+        C, N = cfg.n_classes, cfg.softmax_table_size
+        act = f.activation
+        fe = f.error.frac_bits
+        m.submodules.table = table = memory.Memory(shape=unsigned(EXP_FRAC_BITS + 1), depth=N,
+                                                   init=exp_table(cfg))
+        rd = table.read_port(domain="comb")
+
+        y = Array(Signal(act.amaranth_shape(), name=f"y{c}") for c in range(C))
+        E = Array(Signal(EXP_FRAC_BITS + 1, name=f"E{c}") for c in range(C))
+        label = Signal(self._idx_w)
+        idx = Signal(range(C + 1))
+        ymax = Signal(act.amaranth_shape())
+        pred = Signal(self._idx_w)
+        S = Signal(EXP_FRAC_BITS + 1 + C.bit_length())
+        # Restoring division of 2^31 by S: quotient bits from the top.
+        rem = Signal(len(S) + 1)
+        quo = Signal(RECIP_BITS + 1)
+        bit = Signal(range(RECIP_BITS + 2))
+        sat_count = Signal(self._idx_w + 1)
+
+        d = Signal(act.width + 1)
+        m.d.comb += d.eq(ymax - y[idx])
+        k = Signal(len(d))
+        m.d.comb += k.eq(d >> (act.frac_bits - cfg.softmax_table_frac_bits))
+        m.d.comb += rd.addr.eq(k)
+        e_now = Signal(EXP_FRAC_BITS + 1)
+        m.d.comb += e_now.eq(((k < N)).replicate(EXP_FRAC_BITS + 1) & rd.data)
+
+        prod = Signal(2 * RECIP_BITS + 2)
+        m.d.comb += prod.eq(E[idx] * quo)
+        shift = RECIP_BITS - fe
+        p = Signal(signed(len(prod) + 2))
+        m.d.comb += p.eq(((prod + (1 << (shift - 1))) >> shift) - (idx == label) * (1 << fe))
+        e_sat = Signal(f.error.amaranth_shape())
+        is_sat = Signal()
+        with m.If(p > f.error.max_raw):
+            m.d.comb += [e_sat.eq(f.error.max_raw), is_sat.eq(1)]
+        with m.Elif(p < f.error.min_raw):
+            m.d.comb += [e_sat.eq(f.error.min_raw), is_sat.eq(1)]
+        with m.Else():
+            m.d.comb += e_sat.eq(p)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    for c in range(C):
+                        m.d.sync += y[c].eq(self.i.payload.y[c])
+                    m.d.sync += [label.eq(self.i.payload.label), idx.eq(1),
+                                 ymax.eq(self.i.payload.y[0]), pred.eq(0)]
+                    m.next = "MAX"
+            with m.State("MAX"):
+                with m.If(idx == C):
+                    m.d.sync += [idx.eq(0), S.eq(0)]
+                    m.next = "EXP"
+                with m.Else():
+                    with m.If(y[idx] > ymax):
+                        m.d.sync += [ymax.eq(y[idx]), pred.eq(idx)]
+                    m.d.sync += idx.eq(idx + 1)
+            with m.State("EXP"):
+                with m.If(idx == C):
+                    m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1)]
+                    m.next = "DIV"
+                with m.Else():
+                    m.d.sync += [E[idx].eq(e_now), S.eq(S + e_now), idx.eq(idx + 1)]
+            with m.State("DIV"):
+                # Dividend 2^31: bit 31 set, all lower bits zero.
+                with m.If(bit == 0):
+                    m.d.sync += [idx.eq(0), sat_count.eq(0)]
+                    m.next = "PROB"
+                with m.Else():
+                    trial = Signal(len(rem) + 1)
+                    m.d.comb += trial.eq((rem << 1) | (bit == RECIP_BITS + 1))
+                    with m.If(trial >= S):
+                        m.d.sync += [rem.eq(trial - S), quo.eq((quo << 1) | 1)]
+                    with m.Else():
+                        m.d.sync += [rem.eq(trial), quo.eq(quo << 1)]
+                    m.d.sync += bit.eq(bit - 1)
+            with m.State("PROB"):
+                with m.If(idx == C):
+                    m.d.sync += [self.o.valid.eq(1), self.o.payload.prediction.eq(pred),
+                                 self.o.payload.saturated.eq(sat_count)]
+                    m.next = "OUT"
+                with m.Else():
+                    m.d.sync += [self.o.payload.e[idx].eq(e_sat), sat_count.eq(sat_count + is_sat),
+                                 idx.eq(idx + 1)]
+            with m.State("OUT"):
+                with m.If(self.o.ready):
+                    m.d.sync += self.o.valid.eq(0)
+                    m.next = "IDLE"
+        return m
