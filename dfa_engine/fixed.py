@@ -95,7 +95,12 @@ class FixedFormat:
         Used only at the edges (initial weights, inputs, learning rate); inside the
         engine every value is already an integer.
         """
-        scaled = np.floor(np.asarray(value, dtype=np.float64) * (1 << self.frac_bits) + 0.5)
+        v = np.asarray(value, dtype=np.float64) * (1 << self.frac_bits)
+        # floor(v + 0.5) computed without the inexact float addition (which turns
+        # 0.49999999999999994 into 1.0): v - floor(v) is exact.
+        scaled = np.floor(v)
+        with np.errstate(invalid="ignore"):     # inf - inf for out-of-range values
+            scaled = scaled + (v - scaled >= 0.5)
         scaled = np.clip(scaled, self.min_raw, self.max_raw)
         return scaled.astype(np.int64)
 
