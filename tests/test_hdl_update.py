@@ -1,0 +1,80 @@
+# amaranth: UnusedElaboratable=no
+"""The update unit against the golden model's update, weights and biases, every rounding mode."""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from dfa_engine.config import config_from_dict
+from dfa_engine.hdl.update import UpdateLanes
+from dfa_engine.lfsr import LFSRBlock, seed_state
+from dfa_engine.sim.golden import GoldenModel
+
+
+def _run(dut, transfers):
+    got = []
+
+    async def bench(ctx):
+        ctx.set(dut.o.ready, 1)
+        for payload in transfers:
+            ctx.set(dut.i.payload, payload)
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+            (out,) = await ctx.tick().sample(dut.o.payload).until(dut.o.valid)
+            got.append(([int(v) for v in out.w], int(out.sat_update), int(out.sat_weight)))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return got
+
+
+@pytest.mark.parametrize("rounding,lr,layer", [("nearest", {"lr_shift": 3}, 0), ("trunc", {"lr_shift": 2}, 1),
+                                               ("stochastic", {"lr_shift": 4}, 1),
+                                               ("nearest", {"learning_rate": 0.3}, 0)])
+def test_update_matches_golden(rounding, lr, layer):
+    cfg = config_from_dict({"network": {"layers": [6, 5, 4]}, "rounding": {"update": rounding},
+                            "formats": {"update": "s0.14"}, "training": lr})
+    f = cfg.formats
+    rng = np.random.default_rng(3)
+    n_out, n_in = cfg.layers[layer + 1], cfg.layers[layer]
+    lanes = n_out
+    params = [(rng.integers(f.weight.min_raw, f.weight.max_raw + 1, size=(o, i)),
+               rng.integers(f.bias.min_raw, f.bias.max_raw + 1, size=o))
+              for i, o in zip(cfg.layers[:-1], cfg.layers[1:])]
+    # extremes so that dW and W saturate
+    params[layer][0][0, :] = f.weight.max_raw
+    model = GoldenModel(cfg, params=[(W.copy(), b.copy()) for W, b in params])
+    x_fmt = cfg.in_format(layer)
+    delta = rng.integers(f.delta.min_raw, f.delta.max_raw + 1, size=n_out)
+    delta[0] = f.delta.min_raw
+    h = rng.integers(x_fmt.min_raw, x_fmt.max_raw + 1, size=n_in)
+    h[1] = 0
+    rand_w = LFSRBlock(seed_state(cfg.rounding_seed, 1000 + layer)).draws(n_out * n_in).reshape(n_out, n_in)
+    rand_b = LFSRBlock(seed_state(cfg.rounding_seed, 2000 + layer)).draws(n_out)
+    W0, b0 = params[layer]
+    model._update(layer, delta, h)
+    W1, b1 = model.W[layer], model.b[layer]
+
+    dut = UpdateLanes(cfg, lanes, layer)
+    transfers = []
+    for j in range(n_in):
+        t = {"h": int(h[j]), "w": [int(v) for v in W0[:, j]], "delta": [int(v) for v in delta]}
+        if rounding == "stochastic":
+            t["rand"] = [int(v) for v in rand_w[:, j]]
+        transfers.append(t)
+    got = _run(dut, transfers)
+    assert np.array_equal(np.array([g[0] for g in got]).T, W1)
+    assert sum(g[1] for g in got) == model.stats.get(f"dW{layer + 1}", 0)
+    assert sum(g[2] for g in got) == model.stats.get(f"W{layer + 1}", 0)
+    assert sum(g[2] for g in got) > 0
+
+    dut_b = UpdateLanes(cfg, lanes, layer, for_bias=True)
+    t = {"h": 1, "w": [int(v) for v in b0], "delta": [int(v) for v in delta]}
+    if rounding == "stochastic":
+        t["rand"] = [int(v) for v in rand_b]
+    (w, sat_u, sat_w), = _run(dut_b, [t])
+    assert w == list(b1)
+    assert sat_u == model.stats.get(f"db{layer + 1}", 0) and sat_w == model.stats.get(f"b{layer + 1}", 0)
