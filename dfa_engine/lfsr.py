@@ -118,3 +118,40 @@ class LFSRBlock:
             k, j = k + m, j + 1
         self.state = int(out[-1])
         return out.astype(np.int64)
+
+
+class LFSRBank:
+    """Many independent LFSR streams advanced together (one per weight row).
+
+    ``draws(n)`` returns an array ``(streams, n)``: the next ``n`` words of every stream.
+    Stochastic rounding gives each row of a weight matrix its own stream, so a ``P``-lane
+    update unit (lane = row) needs one plain LFSR per lane and the result does not depend
+    on ``P`` (``docs/numerics.md`` section 9).
+    """
+
+    def __init__(self, states):
+        states = np.asarray(states, dtype=np.uint32)
+        if np.any(states == 0):
+            raise ValueError("LFSR states must be nonzero")
+        self.states = states.copy()
+        LFSRBlock(1)  # builds the shared leap tables
+
+    def draws(self, n: int) -> np.ndarray:
+        out = np.empty((self.states.size, n), dtype=np.uint32)
+        if n == 0:
+            return out.astype(np.int64)
+        tables = LFSRBlock._power_tables
+        out[:, 0] = _apply(tables[0], self.states)
+        k, j = 1, 0
+        while k < n:
+            m = min(k, n - k)
+            out[:, k:k + m] = _apply(tables[j], out[:, :m])
+            k, j = k + m, j + 1
+        self.states = out[:, -1].copy()
+        return out.astype(np.int64)
+
+
+def row_streams(seed: int, layer: int, rows: int) -> LFSRBank:
+    """The stochastic-rounding streams of layer ``layer`` (0-based): row ``i`` starts at
+    ``seed_state(seed, (layer + 1) * 65536 + i)``."""
+    return LFSRBank([seed_state(seed, (layer + 1) * 65536 + i) for i in range(rows)])

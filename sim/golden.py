@@ -17,7 +17,7 @@ import numpy as np
 from dfa_engine.config import EngineConfig
 from dfa_engine.feedback import feedback_matrix, initial_parameters
 from dfa_engine.fixed import requantize, saturate, shift_round
-from dfa_engine.lfsr import LFSRBlock, seed_state
+from dfa_engine.lfsr import row_streams
 from dfa_engine.tables import RECIP_BITS, exp_table
 
 from .trace import Trace
@@ -66,8 +66,7 @@ class GoldenModel:
         else:
             self.lr_raw = None
         if cfg.rounding_update == "stochastic":
-            self._rng_w = [LFSRBlock(seed_state(cfg.rounding_seed, 1000 + l)) for l in range(cfg.n_layers)]
-            self._rng_b = [LFSRBlock(seed_state(cfg.rounding_seed, 2000 + l)) for l in range(cfg.n_layers)]
+            self._rng = [row_streams(cfg.rounding_seed, l, cfg.layers[l + 1]) for l in range(cfg.n_layers)]
 
     # ---- forward ---------------------------------------------------------------
     def _activation(self, a):
@@ -161,9 +160,10 @@ class GoldenModel:
             lr, lr_frac = self.lr_raw, f.learning_rate.frac_bits
         mode = cfg.rounding_update
         n_out, n_in = self.W[l].shape
-        # Weights: only nonzero rows x nonzero columns can change (except that stochastic
-        # rounding consumes one random word per element of the whole matrix).
-        rand = self._rng_w[l].draws(n_out * n_in).reshape(n_out, n_in) if mode == "stochastic" else None
+        # Only nonzero rows x nonzero columns can change. Stochastic rounding still draws
+        # n_in + 1 words from every row's stream: one per weight, then one for the bias.
+        words = self._rng[l].draws(n_in + 1) if mode == "stochastic" else None
+        rand = None if words is None else words[:, :n_in]
         rows = np.flatnonzero(delta)
         cols = np.flatnonzero(h_in)
         if rows.size and cols.size:
@@ -174,7 +174,7 @@ class GoldenModel:
             W = saturate(self.W[l][ix] - dW, f.weight, self.stats, f"W{l + 1}")
             self.W[l][ix] = W
             self._Wf[l][ix] = W
-        rand_b = self._rng_b[l].draws(n_out) if mode == "stochastic" else None
+        rand_b = None if words is None else words[:, n_in]
         if rows.size:
             db = requantize(delta[rows] * lr, f.delta.frac_bits + lr_frac, f.bias, mode,
                             None if rand_b is None else rand_b[rows], self.stats, f"db{l + 1}")

@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from dfa_engine.config import config_from_dict
 from dfa_engine.hdl.update import UpdateLanes
-from dfa_engine.lfsr import LFSRBlock, seed_state
+from dfa_engine.lfsr import row_streams
 from dfa_engine.sim.golden import GoldenModel
 
 
@@ -52,8 +52,8 @@ def test_update_matches_golden(rounding, lr, layer):
     delta[0] = f.delta.min_raw
     h = rng.integers(x_fmt.min_raw, x_fmt.max_raw + 1, size=n_in)
     h[1] = 0
-    rand_w = LFSRBlock(seed_state(cfg.rounding_seed, 1000 + layer)).draws(n_out * n_in).reshape(n_out, n_in)
-    rand_b = LFSRBlock(seed_state(cfg.rounding_seed, 2000 + layer)).draws(n_out)
+    words = row_streams(cfg.rounding_seed, layer, n_out).draws(n_in + 1)
+    rand_w, rand_b = words[:, :n_in], words[:, n_in]
     W0, b0 = params[layer]
     model._update(layer, delta, h)
     W1, b1 = model.W[layer], model.b[layer]
