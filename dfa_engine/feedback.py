@@ -38,7 +38,7 @@ def sparse_feedback(cfg: EngineConfig, layer: int) -> SparseFeedback:
     Row ``i`` takes ``k`` draws ``w_0 .. w_{k-1}`` in order. Entry ``m``:
     ``index = (base + m) mod C`` with ``base = ((w_0 & 0xFFFF) * C) >> 16`` (distinct
     indices, no divider); ``sign = (w_m >> 16) & 1``; for ``pow2``,
-    ``shift = (((w_m >> 17) & 0xFFFF) * (max_shift + 1)) >> 16``; for ``fixed``,
+    ``shift = (((w_m >> 17) & 0x7FFF) * (max_shift + 1)) >> 15``; for ``fixed``,
     ``magnitude = 1 + ((((w_m >> 17) & 0x7FFF) * max_raw) >> 15)``.
     """
     fb = cfg.feedback
@@ -53,7 +53,7 @@ def sparse_feedback(cfg: EngineConfig, layer: int) -> SparseFeedback:
         shift = np.zeros_like(words)
         magnitude = np.full_like(words, one)
     elif fb.values == "pow2":
-        shift = (((words >> 17) & 0xFFFF) * (fb.max_shift + 1)) >> 16
+        shift = (((words >> 17) & 0x7FFF) * (fb.max_shift + 1)) >> 15
         magnitude = one >> shift
     else:
         shift = np.zeros_like(words)
