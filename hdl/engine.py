@@ -1,0 +1,732 @@
+"""The MLP training engine: memories, datapath units and the controller.
+
+One sample goes through these phases (``docs/architecture.md`` has the picture):
+
+``LOAD``    the sample stream fills the input buffer (``n_0`` transfers);
+``FWD``     layer by layer, ``P`` output neurons at a time through the shared MAC array;
+``ERR``     the output-error unit forms ``e`` and the prediction;
+``DELTA``   ``delta_L`` from ``e``; then every DFA layer's feedback unit at once (``e`` is
+            broadcast to all of them); then the BP layers top-down (transposed products);
+``UPDATE``  layer by layer, ``P`` weights a cycle, read-modify-write;
+``RESULT``  one transfer on the result stream.
+
+Memories are words of ``P`` lanes (lane ``p`` of word ``g * n_in + j`` is
+``W[g * P + p, j]``), so ``P`` lanes are fed every cycle from one read port. Vectors
+(``h``, masks, deltas) are stored the same way, ``P`` elements a word. No divider:
+counters keep (word, lane) pairs.
+
+The host port addresses parameters as ``{kind, layer, group, lane, column}`` bit fields
+(``engine_info`` documents the layout); an address outside the map is refused and
+counted. Host accesses and samples are served one at a time, only between samples, so
+a sample arriving during a weight load waits (backpressure) and nothing is lost.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from dfa_engine.config import EngineConfig
+from dfa_engine.feedback import initial_parameters, sparse_feedback
+
+from .arith import Requantize
+from .feedback import SparseProjection, entry_layout
+from .mac import MACArray
+from .output_error import OutputError
+from .update import UpdateLanes
+
+__all__ = ["Engine", "address_layout", "COUNTERS"]
+
+#: Read-only counters at ``kind = 2``, by index.
+COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
+            "saturation_events", "samples_received")
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def _bits(n):
+    """Bits to hold 0 .. n - 1 (at least 1)."""
+    return max(1, (n - 1).bit_length())
+
+
+def address_layout(cfg: EngineConfig, lanes: int) -> dict:
+    """Bit fields of a host address, low to high: column, lane, group, layer, kind."""
+    L = cfg.n_layers
+    return {
+        "column": _bits(max(cfg.layers[:-1])),
+        "lane": _bits(lanes),
+        "group": _bits(max(_ceil_div(n, lanes) for n in cfg.layers[1:])),
+        "layer": _bits(L),
+        "kind": 2,
+    }
+
+
+class Engine(wiring.Component):
+    """The generated MLP trainer for one :class:`EngineConfig`.
+
+    Members
+    -------
+    sample : In(stream)      ``{data, label, train}``; ``n_0`` transfers make one sample.
+        ``label`` and ``train`` are read on the first transfer of a sample.
+    result : Out(stream)     ``{prediction, e[C], trained, rejected}``, one per sample.
+    host_req : In(stream)    ``{address, write, data}``: read or write one parameter or counter.
+    host_resp : Out(stream)  ``{data, error}``, one per request.
+    """
+
+    def __init__(self, cfg: EngineConfig, params=None):
+        if cfg.feedback.kind != "sparse" and "dfa" in cfg.methods:
+            raise ValueError("the engine supports sparse feedback so far, not "
+                             f"feedback.kind = {cfg.feedback.kind!r}")
+        if cfg.feedback.storage != "table" and "dfa" in cfg.methods:
+            raise ValueError("the engine supports stored feedback tables so far, not "
+                             f"feedback.storage = {cfg.feedback.storage!r}")
+        if cfg.rounding_update == "stochastic":
+            raise ValueError("the engine does not implement rounding.update = \"stochastic\" yet")
+        self._cfg = cfg
+        self._P = cfg.lanes
+        self._params = initial_parameters(cfg) if params is None else params
+        f = cfg.formats
+        C = cfg.n_classes
+        self._addr = address_layout(cfg, self._P)
+        addr_width = sum(self._addr.values())
+        self._data_width = max(32, f.weight.width, f.bias.width)
+        super().__init__({
+            "sample": In(stream.Signature(data.StructLayout({
+                "data": f.input.amaranth_shape(), "label": 16, "train": 1}))),
+            "result": Out(stream.Signature(data.StructLayout({
+                "prediction": _bits(C), "e": data.ArrayLayout(f.error.amaranth_shape(), C),
+                "trained": 1, "rejected": 1}))),
+            "host_req": In(stream.Signature(data.StructLayout({
+                "address": addr_width, "write": 1, "data": signed(self._data_width)}))),
+            "host_resp": Out(stream.Signature(data.StructLayout({
+                "data": signed(self._data_width), "error": 1}))),
+        })
+
+    @property
+    def cfg(self):
+        return self._cfg
+
+    # ------------------------------------------------------------------------------
+    def elaborate(self, platform):
+        m = Module()
+        cfg, f, P = self._cfg, self._cfg.formats, self._P
+        L, C = cfg.n_layers, cfg.n_classes
+        n = cfg.layers
+        G = [_ceil_div(n[l + 1], P) for l in range(L)]          # row groups per layer
+        Win = [_ceil_div(n[l], P) for l in range(L)]            # input words per layer
+
+        # ---- memories ------------------------------------------------------------
+        def words_of(values, width_fmt, count_words):
+            out = []
+            for g in range(count_words):
+                word = 0
+                for p in range(P):
+                    idx = g * P + p
+                    v = int(values[idx]) if idx < len(values) else 0
+                    word |= (v & ((1 << width_fmt) - 1)) << (p * width_fmt)
+                out.append(word)
+            return out
+
+        wW, bW = f.weight.width, f.bias.width
+        W_mem, b_mem = [], []
+        for l, (W, b) in enumerate(self._params):
+            init = []
+            for g in range(G[l]):
+                for j in range(n[l]):
+                    init.extend([0])
+                    word = 0
+                    for p in range(P):
+                        i = g * P + p
+                        v = int(W[i, j]) if i < n[l + 1] else 0
+                        word |= (v & ((1 << wW) - 1)) << (p * wW)
+                    init[-1] = word
+            mem = memory.Memory(shape=unsigned(P * wW), depth=G[l] * n[l], init=init)
+            m.submodules[f"W{l + 1}"] = mem
+            W_mem.append(mem)
+            bmem = memory.Memory(shape=unsigned(P * bW), depth=G[l], init=words_of(b, bW, G[l]))
+            m.submodules[f"b{l + 1}"] = bmem
+            b_mem.append(bmem)
+
+        xw, aw, dw = f.input.width, f.activation.width, f.delta.width
+        x_mem = memory.Memory(shape=unsigned(P * xw), depth=Win[0], init=[])
+        m.submodules.x = x_mem
+        h_mem, mask_mem, delta_mem = [None] * L, [None] * L, [None] * L
+        for l in range(L - 1):
+            h_mem[l] = memory.Memory(shape=unsigned(P * aw), depth=G[l], init=[])
+            mask_mem[l] = memory.Memory(shape=unsigned(P), depth=G[l], init=[])
+            m.submodules[f"h{l + 1}"] = h_mem[l]
+            m.submodules[f"mask{l + 1}"] = mask_mem[l]
+        for l in range(L):
+            delta_mem[l] = memory.Memory(shape=unsigned(P * dw), depth=G[l], init=[])
+            m.submodules[f"delta{l + 1}"] = delta_mem[l]
+        # sparse feedback tables: one word of P x k entries per group
+        fb_mem = [None] * L
+        ent_layout = entry_layout(cfg) if "dfa" in cfg.methods else None
+        if ent_layout is not None:
+            ew = ent_layout.size
+            k = cfg.feedback.k
+            for l in range(L - 1):
+                if cfg.methods[l] != "dfa":
+                    continue
+                sp = sparse_feedback(cfg, l)
+                init = []
+                for g in range(G[l]):
+                    word = 0
+                    for p in range(P):
+                        i = g * P + p
+                        for jj in range(k):
+                            if i < n[l + 1]:
+                                val = int(sp.index[i, jj]) | (int(sp.sign[i, jj]) << ent_layout["sign"].offset)
+                                if cfg.feedback.values == "pow2":
+                                    val |= int(sp.shift[i, jj]) << ent_layout["shift"].offset
+                                if cfg.feedback.values == "fixed":
+                                    val |= int(sp.magnitude[i, jj]) << ent_layout["magnitude"].offset
+                            else:
+                                val = 0
+                            word |= val << ((p * k + jj) * ew)
+                    init.append(word)
+                fb_mem[l] = memory.Memory(shape=unsigned(P * k * ew), depth=G[l], init=init)
+                m.submodules[f"fb{l + 1}"] = fb_mem[l]
+
+        # ports (every memory: one read port, one write port; users are multiplexed)
+        W_rd = [mm.read_port() for mm in W_mem]
+        W_wr = [mm.write_port(granularity=wW) for mm in W_mem]
+        b_rd = [mm.read_port() for mm in b_mem]
+        b_wr = [mm.write_port(granularity=bW) for mm in b_mem]
+        x_rd, x_wr = x_mem.read_port(), x_mem.write_port(granularity=xw)
+        h_rd = [None if mm is None else mm.read_port() for mm in h_mem]
+        h_wr = [None if mm is None else mm.write_port() for mm in h_mem]
+        mask_rd = [None if mm is None else mm.read_port() for mm in mask_mem]
+        mask_wr = [None if mm is None else mm.write_port() for mm in mask_mem]
+        d_rd = [mm.read_port() for mm in delta_mem]
+        d_wr = [mm.write_port(granularity=dw) for mm in delta_mem]
+        fb_rd = [None if mm is None else mm.read_port() for mm in fb_mem]
+
+        def lanes_of(sig, width, shape):
+            return [sig[p * width:(p + 1) * width].as_signed() if shape.signed else sig[p * width:(p + 1) * width]
+                    for p in range(P)]
+
+        # ---- datapath units --------------------------------------------------------
+        x_shape = signed(max(f.input.width + (0 if f.input.signed else 1), aw))
+        acc_width = cfg.accumulator_bits(0)
+        max_bias_shift = max(cfg.accumulator_frac(l) - f.bias.frac_bits for l in range(L))
+        m.submodules.mac = mac = MACArray(lanes=P, x_shape=x_shape, w_shape=f.weight.amaranth_shape(),
+                                          acc_width=acc_width, bias_shape=signed(bW + max_bias_shift))
+        m.d.comb += mac.o.ready.eq(1)
+        m.submodules.oerr = oerr = OutputError(cfg)
+        proj = [None] * L
+        for l in range(L - 1):
+            if cfg.methods[l] == "dfa":
+                proj[l] = SparseProjection(cfg, P)
+                m.submodules[f"proj{l + 1}"] = proj[l]
+                m.d.comb += proj[l].o.ready.eq(1)
+        upd = [UpdateLanes(cfg, P, l) for l in range(L)]
+        upd_b = [UpdateLanes(cfg, P, l, for_bias=True) for l in range(L)]
+        for l in range(L):
+            m.submodules[f"upd{l + 1}"] = upd[l]
+            m.submodules[f"updb{l + 1}"] = upd_b[l]
+            m.d.comb += [upd[l].o.ready.eq(1), upd_b[l].o.ready.eq(1)]
+
+        # ---- state -------------------------------------------------------------------
+        layer = Signal(range(max(L, 2)))
+        g = Signal(range(max(G) + 1))
+        jw = Signal(range(max(Win) + 1))    # input word index
+        jl = Signal(range(P + 1))           # input lane index
+        j = Signal(range(max(n[:-1]) + 1))  # input element index
+        label = Signal(16)
+        train = Signal()
+        rejected = Signal()
+        y_regs = Array(Signal(f.activation.amaranth_shape(), name=f"y{c}") for c in range(C))
+        e_regs = Array(Signal(f.error.amaranth_shape(), name=f"e{c}") for c in range(C))
+        prediction = Signal(_bits(C))
+        counters = {name: Signal(32, name=f"count_{name}") for name in COUNTERS}
+        sat_inc = []  # (condition-free) increments added to the saturation counter each cycle
+
+        # Stage-2 pipeline registers of the streaming passes (address issued at stage 1,
+        # memory data valid at stage 2).
+        s2_valid = Signal()
+        s2_first = Signal()
+        s2_last = Signal()
+        s2_lane = Signal(range(P + 1))
+        s2_g = Signal.like(g)
+        s2_j = Signal.like(j)
+        s2_layer = Signal.like(layer)
+        m.d.sync += s2_valid.eq(0)
+
+        # ---- host request decode --------------------------------------------------
+        a = self.host_req.payload.address
+        fields, off = {}, 0
+        for name, width in self._addr.items():
+            fields[name] = a[off:off + width]
+            off += width
+        req_layer, req_g, req_lane, req_col, req_kind = (fields["layer"], fields["group"], fields["lane"],
+                                                         fields["column"], fields["kind"])
+        in_range = Signal()
+        lay_ok = []
+        for l in range(L):
+            row = Signal(range(G[l] * P + 1), name=f"req_row{l}")
+            m.d.comb += row.eq(req_g * P + req_lane)
+            ok_w = (req_kind == 0) & (req_col < n[l])
+            ok_b = (req_kind == 1) & (req_col == 0)
+            lay_ok.append((req_layer == l) & (req_lane < P) & (row < n[l + 1]) & (ok_w | ok_b))
+        ok_counter = (req_kind == 2) & (a[:off - 2] < len(COUNTERS))
+        reduce_or = lay_ok[0]
+        for t in lay_ok[1:]:
+            reduce_or = reduce_or | t
+        m.d.comb += in_range.eq(reduce_or | ok_counter)
+        req_data = self.host_req.payload.data
+        value_ok = Signal()
+        m.d.comb += value_ok.eq(Mux(req_kind == 0, (req_data >= f.weight.min_raw) & (req_data <= f.weight.max_raw),
+                                    (req_data >= f.bias.min_raw) & (req_data <= f.bias.max_raw)))
+        lat_kind = Signal(2)
+        lat_layer = Signal.like(req_layer)
+        lat_lane = Signal.like(req_lane)
+        lat_counter = Signal(range(len(COUNTERS) + 1))
+
+        # ---- defaults for memory ports ----------------------------------------------
+        # Read addresses follow the issuing counters; write enables default off.
+        for l in range(L):
+            m.d.comb += [W_rd[l].addr.eq(g * n[l] + j), b_rd[l].addr.eq(g), d_rd[l].addr.eq(g)]
+        m.d.comb += x_rd.addr.eq(jw)
+        for l in range(L - 1):
+            m.d.comb += [h_rd[l].addr.eq(jw), mask_rd[l].addr.eq(g)]
+            if fb_rd[l] is not None:
+                m.d.comb += fb_rd[l].addr.eq(g)
+
+        # ---- stage 2 of FWD and UPDATE: select the broadcast input element ----------
+        def input_element(lyr):
+            """The broadcast element of layer ``lyr``'s input at stage 2."""
+            if lyr == 0:
+                lanes = lanes_of(x_rd.data, xw, f.input.amaranth_shape())
+            else:
+                lanes = lanes_of(h_rd[lyr - 1].data, aw, f.activation.amaranth_shape())
+            return Array(lanes)[s2_lane]
+
+        x_sel = Signal(x_shape)
+        with m.Switch(s2_layer):
+            for l in range(L):
+                with m.Case(l):
+                    m.d.comb += x_sel.eq(input_element(l))
+
+        # MAC feed (FWD)
+        fwd_active = Signal()
+        with m.Switch(s2_layer):
+            for l in range(L):
+                with m.Case(l):
+                    sh = cfg.accumulator_frac(l) - f.bias.frac_bits
+                    blanes = lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())
+                    wl = lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape())
+                    for p in range(P):
+                        m.d.comb += [mac.i.payload.bias[p].eq(blanes[p] << sh), mac.i.payload.w[p].eq(wl[p])]
+        m.d.comb += [mac.i.valid.eq(s2_valid & fwd_active), mac.i.payload.x.eq(x_sel),
+                     mac.i.payload.first.eq(s2_first), mac.i.payload.last.eq(s2_last)]
+
+        # MAC results: requantize, activation, write h/mask or logits
+        res_g = Signal.like(g)
+        res_layer = Signal.like(layer)
+        for l in range(L):
+            rq = [Requantize(acc_width, cfg.accumulator_frac(l), f.activation, cfg.rounding_forward) for _ in range(P)]
+            for p in range(P):
+                m.submodules[f"rq_fwd{l + 1}_{p}"] = rq[p]
+                m.d.comb += rq[p].i.eq(mac.o.payload[p])
+            active_here = mac.o.valid & (res_layer == l)
+            nsat = Signal(range(P + 1), name=f"fwd_sat{l + 1}")
+            terms = [rq[p].saturated & ((res_g * P + p) < n[l + 1]) for p in range(P)]
+            acc_sum = terms[0]
+            for t in terms[1:]:
+                acc_sum = acc_sum + t
+            m.d.comb += nsat.eq(Mux(active_here, acc_sum, 0))
+            sat_inc.append(nsat)
+            if l < L - 1:
+                hv, mv = [], []
+                for p in range(P):
+                    a_ = rq[p].o
+                    if cfg.activation == "relu":
+                        hv.append(Mux(a_ > 0, a_, 0))
+                        mv.append(a_ > 0)
+                    else:
+                        one = 1 << f.activation.frac_bits
+                        hv.append(Mux(a_ > one, one, Mux(a_ < -one, -one, a_)))
+                        mv.append((a_ > -one) & (a_ < one))
+                m.d.comb += h_wr[l].addr.eq(res_g)
+                hsig = [Signal(f.activation.amaranth_shape(), name=f"hval{l + 1}_{p}") for p in range(P)]
+                for p in range(P):
+                    m.d.comb += hsig[p].eq(hv[p])
+                m.d.comb += [h_wr[l].data.eq(Cat(*hsig)), h_wr[l].en.eq(active_here),
+                             mask_wr[l].addr.eq(res_g), mask_wr[l].data.eq(Cat(*mv)), mask_wr[l].en.eq(active_here)]
+            else:
+                for p in range(P):
+                    for c in range(C):
+                        if c % P == p:
+                            with m.If(active_here & (res_g == c // P)):
+                                m.d.sync += y_regs[c].eq(rq[p].o)
+
+        # ---- DFA projections: all DFA layers at once -----------------------------------
+        dfa_g = [Signal(range(G[l] + 1), name=f"dfa_g{l + 1}") if proj[l] is not None else None for l in range(L)]
+        dfa_s2 = [Signal(name=f"dfa_s2_{l + 1}") if proj[l] is not None else None for l in range(L)]
+        dfa_s2g = [Signal.like(g, name=f"dfa_s2g{l + 1}") if proj[l] is not None else None for l in range(L)]
+        dfa_out_g = [Signal.like(g, name=f"dfa_outg{l + 1}") if proj[l] is not None else None for l in range(L)]
+        dfa_written = [Signal(range(G[l] + 1), name=f"dfa_written{l + 1}") if proj[l] is not None else None
+                       for l in range(L)]
+        dfa_run = Signal()
+        dfa_start = Signal()
+        for l in range(L - 1):
+            if proj[l] is None:
+                continue
+            pr = proj[l]
+            m.d.comb += [fb_rd[l].addr.eq(dfa_g[l]), mask_rd[l].addr.eq(dfa_g[l])]
+            m.d.sync += dfa_s2[l].eq(0)
+            with m.If(dfa_start):
+                m.d.sync += [dfa_g[l].eq(0), dfa_written[l].eq(0)]
+            with m.Elif(dfa_run & (dfa_g[l] < G[l])):
+                m.d.sync += [dfa_g[l].eq(dfa_g[l] + 1), dfa_s2[l].eq(1), dfa_s2g[l].eq(dfa_g[l])]
+            for c in range(C):
+                m.d.comb += pr.i.payload.e[c].eq(e_regs[c])
+            m.d.comb += [pr.i.payload.entries.eq(fb_rd[l].data), pr.i.payload.mask.eq(mask_rd[l].data),
+                         pr.i.valid.eq(dfa_s2[l])]
+            act_bits = [(dfa_s2g[l] * P + p) < n[l + 1] for p in range(P)]
+            m.d.comb += pr.i.payload.active.eq(Cat(*act_bits))
+            with m.If(pr.i.valid):
+                m.d.sync += dfa_out_g[l].eq(dfa_s2g[l])
+            with m.If(pr.o.valid):
+                m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(pr.o.payload.delta.as_value()),
+                             d_wr[l].en.eq((1 << P) - 1)]
+                m.d.sync += dfa_written[l].eq(dfa_written[l] + 1)
+            sat_inc.append(Mux(pr.o.valid, pr.o.payload.saturated, 0))
+        dfa_done = Const(1)
+        for l in range(L - 1):
+            if proj[l] is not None:
+                dfa_done = dfa_done & (dfa_written[l] == G[l])
+
+        # ---- BP: g_j = sum_k W_{l+1}[k, j] delta_{l+1}[k], lanes reduce over k -------
+        bp_active = Signal()
+        prod_w = wW + dw
+        bp_acc_w = prod_w + _bits(max(n[1:]) * P + 1) + 2
+        bp_acc = Signal(signed(bp_acc_w))
+        bp_sum = Signal(signed(bp_acc_w))
+        with m.Switch(s2_layer):
+            for l in range(L - 1):
+                with m.Case(l):
+                    wl = lanes_of(W_rd[l + 1].data, wW, f.weight.amaranth_shape())
+                    dl = lanes_of(d_rd[l + 1].data, dw, f.delta.amaranth_shape())
+                    total = wl[0] * dl[0]
+                    for p in range(1, P):
+                        total = total + wl[p] * dl[p]
+                    m.d.comb += bp_sum.eq(total)
+        bp_rq = Requantize(bp_acc_w, f.weight.frac_bits + f.delta.frac_bits, f.delta, cfg.rounding_backward)
+        m.submodules.bp_rq = bp_rq
+        bp_full = Signal(signed(bp_acc_w))
+        m.d.comb += [bp_full.eq(Mux(s2_first, 0, bp_acc) + bp_sum), bp_rq.i.eq(bp_full)]
+        # result written one stage later (mask read alongside)
+        bp_w_valid = Signal()
+        bp_w_val = Signal(f.delta.amaranth_shape())
+        bp_w_lane = Signal(range(P + 1))
+        bp_w_word = Signal.like(jw)
+        bp_w_layer = Signal.like(layer)
+        m.d.sync += bp_w_valid.eq(0)
+        s2_word = Signal.like(jw)
+        with m.If(s2_valid & bp_active):
+            m.d.sync += bp_acc.eq(bp_full)
+            with m.If(s2_last):
+                m.d.sync += [bp_w_valid.eq(1), bp_w_val.eq(bp_rq.o), bp_w_lane.eq(s2_lane),
+                             bp_w_word.eq(s2_word), bp_w_layer.eq(s2_layer)]
+        bp_sat = Signal()
+        m.d.comb += bp_sat.eq(s2_valid & bp_active & s2_last & bp_rq.saturated)
+        sat_inc.append(bp_sat)
+        # the mask word of the BP layer is read at the word being written
+        bp_mask_bit = Signal()
+        with m.Switch(bp_w_layer):
+            for l in range(L - 1):
+                with m.Case(l):
+                    m.d.comb += bp_mask_bit.eq(Array(mask_rd[l].data[p] for p in range(P))[bp_w_lane])
+        with m.If(bp_w_valid):
+            with m.Switch(bp_w_layer):
+                for l in range(L - 1):
+                    with m.Case(l):
+                        val = Mux(bp_mask_bit, bp_w_val, 0)
+                        m.d.comb += [d_wr[l].addr.eq(bp_w_word),
+                                     d_wr[l].data.eq(val.as_unsigned()[:dw].replicate(P)),
+                                     d_wr[l].en.eq(Array(Const(1 << p, P) for p in range(P))[bp_w_lane])]
+
+        # ---- UPDATE -------------------------------------------------------------------
+        upd_active = Signal()
+        for l in range(L):
+            u, ub = upd[l], upd_b[l]
+            sel = s2_valid & upd_active & (s2_layer == l)
+            wl = lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape())
+            dl = lanes_of(d_rd[l].data, dw, f.delta.amaranth_shape())
+            bl = lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())
+            m.d.comb += [u.i.valid.eq(sel), u.i.payload.h.eq(x_sel)]
+            for p in range(P):
+                m.d.comb += [u.i.payload.w[p].eq(wl[p]), u.i.payload.delta[p].eq(dl[p]),
+                             ub.i.payload.w[p].eq(bl[p]), ub.i.payload.delta[p].eq(dl[p])]
+            m.d.comb += [ub.i.valid.eq(sel & s2_first), ub.i.payload.h.eq(1)]
+            out_addr = Signal(range(G[l] * n[l] + 1), name=f"upd_addr{l + 1}")
+            out_g = Signal.like(g, name=f"upd_g{l + 1}")
+            with m.If(sel):
+                m.d.sync += [out_addr.eq(s2_g * n[l] + s2_j), out_g.eq(s2_g)]
+            with m.If(u.o.valid):
+                m.d.comb += [W_wr[l].addr.eq(out_addr), W_wr[l].data.eq(u.o.payload.w.as_value()),
+                             W_wr[l].en.eq((1 << P) - 1)]
+            with m.If(ub.o.valid):
+                m.d.comb += [b_wr[l].addr.eq(out_g), b_wr[l].data.eq(ub.o.payload.w.as_value()),
+                             b_wr[l].en.eq((1 << P) - 1)]
+            # saturation of padding lanes cannot happen: their delta is 0, so dW = 0.
+            sat_inc.append(Mux(u.o.valid, u.o.payload.sat_update + u.o.payload.sat_weight, 0))
+            sat_inc.append(Mux(ub.o.valid, ub.o.payload.sat_update + ub.o.payload.sat_weight, 0))
+
+        # ---- saturation counter -------------------------------------------------------
+        sat_total = Signal(16)
+        total = sat_inc[0]
+        for t in sat_inc[1:]:
+            total = total + t
+        m.d.comb += sat_total.eq(total)
+        e_sat = Signal(16)
+        m.d.sync += counters["saturation_events"].eq(counters["saturation_events"] + sat_total + e_sat)
+
+        # ---- issuing counters for streaming passes -------------------------------------
+        def step_columns(n_in, last_group, done_state):
+            """Advance (g, j) over groups x columns; issue stage 2."""
+            m.d.sync += [s2_valid.eq(1), s2_first.eq(j == 0), s2_last.eq(j == n_in - 1),
+                         s2_lane.eq(jl), s2_g.eq(g), s2_j.eq(j), s2_layer.eq(layer), s2_word.eq(jw)]
+            with m.If(j == n_in - 1):
+                m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0)]
+                with m.If(g == last_group):
+                    m.next = done_state
+                with m.Else():
+                    m.d.sync += g.eq(g + 1)
+            with m.Else():
+                m.d.sync += j.eq(j + 1)
+                with m.If(jl == P - 1):
+                    m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+                with m.Else():
+                    m.d.sync += jl.eq(jl + 1)
+
+        drain = Signal(range(8))
+        label_ok = Signal()
+        m.d.comb += label_ok.eq(label < C)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                with m.If(self.host_req.valid):
+                    m.next = "HOST"
+                with m.Elif(self.sample.valid):
+                    m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.comb += self.sample.ready.eq(1)
+                with m.If(self.sample.valid):
+                    m.d.comb += [x_wr.addr.eq(jw), x_wr.data.eq(self.sample.payload.data.as_unsigned().replicate(P)),
+                                 x_wr.en.eq(Array(Const(1 << p, P) for p in range(P))[jl])]
+                    with m.If(j == 0):
+                        m.d.sync += [label.eq(self.sample.payload.label), train.eq(self.sample.payload.train)]
+                    with m.If(j == n[0] - 1):
+                        m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), layer.eq(0),
+                                     counters["samples_received"].eq(counters["samples_received"] + 1)]
+                        m.next = "FWD"
+                    with m.Else():
+                        m.d.sync += j.eq(j + 1)
+                        with m.If(jl == P - 1):
+                            m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+                        with m.Else():
+                            m.d.sync += jl.eq(jl + 1)
+            with m.State("FWD"):
+                m.d.comb += fwd_active.eq(1)
+                with m.Switch(layer):
+                    for l in range(L):
+                        with m.Case(l):
+                            step_columns(n[l], G[l] - 1, "FWD_DRAIN")
+                with m.If(s2_valid & s2_first):
+                    m.d.sync += [res_g.eq(s2_g), res_layer.eq(s2_layer)]
+                m.d.sync += drain.eq(0)
+            with m.State("FWD_DRAIN"):
+                m.d.comb += fwd_active.eq(1)
+                with m.If(s2_valid & s2_first):
+                    m.d.sync += [res_g.eq(s2_g), res_layer.eq(s2_layer)]
+                m.d.sync += drain.eq(drain + 1)
+                with m.If(drain == 3):
+                    with m.If(layer == L - 1):
+                        m.next = "ERR"
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), g.eq(0)]
+                        m.next = "FWD"
+            with m.State("ERR"):
+                for c in range(C):
+                    m.d.comb += oerr.i.payload.y[c].eq(y_regs[c])
+                m.d.comb += [oerr.i.payload.label.eq(Mux(label_ok, label, 0)), oerr.i.valid.eq(1)]
+                with m.If(oerr.i.ready):
+                    m.d.sync += rejected.eq(~label_ok)
+                    m.next = "ERR_WAIT"
+            with m.State("ERR_WAIT"):
+                m.d.comb += oerr.o.ready.eq(1)
+                with m.If(oerr.o.valid):
+                    for c in range(C):
+                        m.d.sync += e_regs[c].eq(oerr.o.payload.e[c])
+                    m.d.sync += [prediction.eq(oerr.o.payload.prediction), g.eq(0)]
+                    with m.If(train & ~rejected):
+                        m.d.comb += e_sat.eq(oerr.o.payload.saturated)
+                        m.next = "DELTA_OUT"
+                    with m.Else():
+                        m.next = "RESULT"
+            with m.State("DELTA_OUT"):
+                # delta_L = requantize(e), one word of P per cycle
+                rqs = [Requantize(f.error.width, f.error.frac_bits, f.delta, cfg.rounding_backward) for _ in range(P)]
+                vals = []
+                nsat = []
+                for p in range(P):
+                    m.submodules[f"rq_dL{p}"] = rqs[p]
+                    choices = [e_regs[gg * P + p] if gg * P + p < C else Const(0) for gg in range(G[L - 1])]
+                    m.d.comb += rqs[p].i.eq(Array(choices)[g])
+                    vals.append(rqs[p].o)
+                    nsat.append(rqs[p].saturated & ((g * P + p) < C))
+                m.d.comb += [d_wr[L - 1].addr.eq(g), d_wr[L - 1].data.eq(Cat(*vals)), d_wr[L - 1].en.eq((1 << P) - 1)]
+                tot = nsat[0]
+                for t in nsat[1:]:
+                    tot = tot + t
+                m.d.comb += e_sat.eq(tot)
+                with m.If(g == G[L - 1] - 1):
+                    m.d.comb += dfa_start.eq(1)
+                    m.next = "DELTA_DFA"
+                with m.Else():
+                    m.d.sync += g.eq(g + 1)
+            with m.State("DELTA_DFA"):
+                m.d.comb += dfa_run.eq(1)
+                with m.If(dfa_done):
+                    m.d.sync += [layer.eq(L - 2 if L >= 2 else 0), j.eq(0), jw.eq(0), jl.eq(0), g.eq(0)]
+                    m.next = "DELTA_BP_NEXT"
+            with m.State("DELTA_BP_NEXT"):
+                # find the next BP layer, top-down
+                bp_layers = [l for l in range(L - 1) if cfg.methods[l] == "bp"]
+                if bp_layers:
+                    with m.Switch(layer):
+                        for l in range(L - 1):
+                            with m.Case(l):
+                                if cfg.methods[l] == "bp":
+                                    m.next = "DELTA_BP"
+                                elif l == 0:
+                                    m.next = "UPDATE_START"
+                                else:
+                                    m.d.sync += layer.eq(l - 1)
+                else:
+                    m.next = "UPDATE_START"
+                m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), drain.eq(0)]
+            with m.State("DELTA_BP"):
+                # issue: column j of layer `layer` (= row j of W_{layer+1}^T), groups g of layer+1
+                m.d.comb += bp_active.eq(1)
+                with m.Switch(layer):
+                    for l in range(L - 1):
+                        with m.Case(l):
+                            if cfg.methods[l] != "bp":
+                                continue
+                            # W_{l+1} read at (g, j); delta_{l+1} word g; mask_l word of j
+                            m.d.comb += [W_rd[l + 1].addr.eq(g * n[l + 1] + j), d_rd[l + 1].addr.eq(g),
+                                         mask_rd[l].addr.eq(s2_word)]
+                            m.d.sync += [s2_valid.eq(1), s2_first.eq(g == 0), s2_last.eq(g == G[l + 1] - 1),
+                                         s2_lane.eq(jl), s2_layer.eq(l), s2_word.eq(jw)]
+                            with m.If(g == G[l + 1] - 1):
+                                m.d.sync += g.eq(0)
+                                with m.If(j == n[l + 1] - 1):
+                                    m.next = "DELTA_BP_DRAIN"
+                                with m.Else():
+                                    m.d.sync += j.eq(j + 1)
+                                    with m.If(jl == P - 1):
+                                        m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+                                    with m.Else():
+                                        m.d.sync += jl.eq(jl + 1)
+                            with m.Else():
+                                m.d.sync += g.eq(g + 1)
+                m.d.sync += drain.eq(0)
+            with m.State("DELTA_BP_DRAIN"):
+                m.d.comb += bp_active.eq(1)
+                with m.Switch(bp_w_layer):
+                    for l in range(L - 1):
+                        with m.Case(l):
+                            m.d.comb += mask_rd[l].addr.eq(s2_word)
+                m.d.sync += drain.eq(drain + 1)
+                with m.If(drain == 3):
+                    with m.If(layer == 0):
+                        m.next = "UPDATE_START"
+                    with m.Else():
+                        m.d.sync += layer.eq(layer - 1)
+                        m.next = "DELTA_BP_NEXT"
+            with m.State("UPDATE_START"):
+                m.d.sync += [layer.eq(0), g.eq(0), j.eq(0), jw.eq(0), jl.eq(0)]
+                m.next = "UPDATE"
+            with m.State("UPDATE"):
+                m.d.comb += upd_active.eq(1)
+                with m.Switch(layer):
+                    for l in range(L):
+                        with m.Case(l):
+                            step_columns(n[l], G[l] - 1, "UPDATE_DRAIN")
+                m.d.sync += drain.eq(0)
+            with m.State("UPDATE_DRAIN"):
+                m.d.comb += upd_active.eq(1)
+                m.d.sync += drain.eq(drain + 1)
+                with m.If(drain == 3):
+                    with m.If(layer == L - 1):
+                        m.d.sync += counters["samples_trained"].eq(counters["samples_trained"] + 1)
+                        m.next = "RESULT"
+                    with m.Else():
+                        m.d.sync += [layer.eq(layer + 1), g.eq(0)]
+                        m.next = "UPDATE"
+            with m.State("RESULT"):
+                m.d.comb += [self.result.valid.eq(1), self.result.payload.prediction.eq(prediction),
+                             self.result.payload.trained.eq(train & ~rejected),
+                             self.result.payload.rejected.eq(rejected)]
+                for c in range(C):
+                    m.d.comb += self.result.payload.e[c].eq(e_regs[c])
+                with m.If(self.result.ready):
+                    with m.If(rejected):
+                        m.d.sync += counters["rejected_labels"].eq(counters["rejected_labels"] + 1)
+                    with m.If(~train):
+                        m.d.sync += counters["samples_inferred"].eq(counters["samples_inferred"] + 1)
+                    m.next = "IDLE"
+            with m.State("HOST"):
+                m.d.comb += self.host_req.ready.eq(1)
+                m.d.sync += [lat_kind.eq(req_kind), lat_layer.eq(req_layer), lat_lane.eq(req_lane),
+                             lat_counter.eq(a[:off - 2])]
+                with m.If(~in_range | (self.host_req.payload.write & ((req_kind == 2) | ~value_ok))):
+                    m.d.sync += [counters["rejected_addresses"].eq(counters["rejected_addresses"] + 1),
+                                 self.host_resp.payload.error.eq(1), self.host_resp.payload.data.eq(0)]
+                    m.next = "HOST_RESP"
+                with m.Else():
+                    m.d.sync += self.host_resp.payload.error.eq(0)
+                    # drive the addresses: reads appear next cycle; writes happen now
+                    with m.Switch(req_layer):
+                        for l in range(L):
+                            with m.Case(l):
+                                onehot = Array(Const(1 << p, P) for p in range(P))[req_lane]
+                                m.d.comb += [W_rd[l].addr.eq(req_g * n[l] + req_col), b_rd[l].addr.eq(req_g)]
+                                with m.If(self.host_req.payload.write):
+                                    with m.If(req_kind == 0):
+                                        m.d.comb += [W_wr[l].addr.eq(req_g * n[l] + req_col),
+                                                     W_wr[l].data.eq(req_data[:wW].replicate(P)), W_wr[l].en.eq(onehot)]
+                                    with m.Else():
+                                        m.d.comb += [b_wr[l].addr.eq(req_g), b_wr[l].data.eq(req_data[:bW].replicate(P)),
+                                                     b_wr[l].en.eq(onehot)]
+                    m.next = "HOST_READ"
+            with m.State("HOST_READ"):
+                value = Signal(signed(self._data_width))
+                with m.Switch(lat_kind):
+                    with m.Case(0):
+                        with m.Switch(lat_layer):
+                            for l in range(L):
+                                with m.Case(l):
+                                    m.d.comb += value.eq(Array(lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape()))[lat_lane])
+                    with m.Case(1):
+                        with m.Switch(lat_layer):
+                            for l in range(L):
+                                with m.Case(l):
+                                    m.d.comb += value.eq(Array(lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape()))[lat_lane])
+                    with m.Case(2):
+                        m.d.comb += value.eq(Array(counters[name] for name in COUNTERS)[lat_counter])
+                m.d.sync += self.host_resp.payload.data.eq(value)
+                m.next = "HOST_RESP"
+            with m.State("HOST_RESP"):
+                m.d.comb += self.host_resp.valid.eq(1)
+                with m.If(self.host_resp.ready):
+                    m.next = "IDLE"
+        return m
