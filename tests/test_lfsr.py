@@ -151,3 +151,25 @@ KNOWN_DRAWS_FROM_1 = [0x8A0F3DB5, 0x90BD2FA6, 0x44C38D95, 0x972542A4]
 KNOWN_FMIX = [0x514E28B7, 0x30F4C306, 0x81F16F39]     # murmur3 fmix32(1) = 0x514E28B7
 KNOWN_SEED0 = [0xAA3E5B61, 0x70F6C6D8, 0xC1A705D0]
 KNOWN_SEED7 = [0x62DE8F31, 0xF4A0D706]
+
+
+@pytest.mark.parametrize("sizes", [[0], [1], [5], [3, 0, 7, 64, 1]])
+def test_bank_draws_equal_per_stream_sequential_draws(sizes):
+    from dfa_engine.lfsr import LFSRBank
+
+    seeds = [1, 0xFFFFFFFF, 0x12345678, 99, 0x80000000]
+    bank, seqs = LFSRBank(seeds), [RefLFSR(s) for s in seeds]
+    for n in sizes:
+        out = bank.draws(n)
+        assert out.dtype == np.int64 and out.shape == (len(seeds), n)
+        assert out.tolist() == [r.draws(n) for r in seqs]
+    assert bank.states.tolist() == [r.state for r in seqs]
+    with pytest.raises(ValueError):
+        LFSRBank([3, 0])
+
+
+def test_row_streams_start_at_documented_states():
+    from dfa_engine.lfsr import row_streams
+
+    bank = row_streams(7, 1, 4)            # layer 2 (0-based 1): streams 2 * 65536 + i
+    assert bank.states.tolist() == [ref_seed_state(7, 2 * 65536 + i) for i in range(4)]
