@@ -12,7 +12,8 @@ with
   (``+-1``), and a hybrid (DFA on the lower hidden layers, BP on the last; 4-layer net only,
   a single hidden layer has no split);
 * fixed point (the bit-exact golden model :class:`dfa_engine.sim.golden.GoldenModel`, 16-bit
-  formats of the built-in configuration): BP, dense DFA and sparse DFA ``k = 1``, with the
+  formats of the built-in configuration): BP, dense DFA (also with delta ``s3.12``, which dense
+  feedback needs) and sparse DFA ``k = 1``, with the
   *same* initial weights, feedback matrices and learning rates as their float twins;
 * a bit-width sweep: sparse DFA ``k = 1`` on ``N-128-10`` in fixed point with the weight,
   bias, update, activation, error and delta formats cut to 16 / 12 / 10 / 8 bits.
@@ -92,6 +93,7 @@ METHOD_LABELS = {
     "sparse-dfa-k1": "sparse DFA k=1",
     "sparse-dfa-k2": "sparse DFA k=2",
     "hybrid": "hybrid",
+    "dfa-delta-s3.12": "DFA (dense), delta s3.12",
 }
 
 
@@ -164,6 +166,23 @@ def variant_config(base, hidden, n_in, n_classes, method, epochs):
         raise ValueError(f"unknown method {method!r}")
     shifts = hp.get(method, (7,) * (nh + 1))
     return base.with_(layers=layers, methods=methods, feedback=fb, lr_shift=tuple(shifts), epochs=epochs)
+
+
+#: Fixed-point variants with a format change: name -> (float twin's method, format overrides).
+#: Dense feedback (entries in [-2, 2)) makes g = B e reach +-4, which saturates the default
+#: s1.14 delta; s3.12 holds it (see examples/study_dense_dfa.toml).
+FORMAT_VARIANTS = {"dfa-delta-s3.12": ("dfa", {"delta": "s3.12"})}
+
+
+def fixed_variant_config(base, hidden, n_in, n_classes, method, epochs):
+    """Like :func:`variant_config`, plus the format overrides of :data:`FORMAT_VARIANTS`."""
+    from .fixed import FixedFormat
+
+    twin, overrides = FORMAT_VARIANTS.get(method, (method, {}))
+    cfg = variant_config(base, hidden, n_in, n_classes, twin, epochs)
+    if overrides:
+        cfg = cfg.with_(formats=replace(cfg.formats, **{k: FixedFormat.parse(v) for k, v in overrides.items()}))
+    return cfg
 
 
 def sweep_formats(base, bits: int):
@@ -286,9 +305,10 @@ def study(dataset="mnist5k", epochs=10, quick=False, sweep=True, quiet=False):
     base = default_config()
     results, alignments = [], []
     plan = [
-        ((128,), ["bp", "dfa", "sparse-dfa-k1", "sparse-dfa-k2"], ["bp", "dfa", "sparse-dfa-k1"]),
+        ((128,), ["bp", "dfa", "sparse-dfa-k1", "sparse-dfa-k2"],
+         ["bp", "dfa", "dfa-delta-s3.12", "sparse-dfa-k1"]),
         ((256, 128, 64), ["bp", "dfa", "sparse-dfa-k1", "sparse-dfa-k2", "hybrid"],
-         ["bp", "dfa", "sparse-dfa-k1"]),
+         ["bp", "dfa", "dfa-delta-s3.12", "sparse-dfa-k1"]),
     ]
     t_start = time.perf_counter()
     for hidden, float_methods, fixed_methods in plan:
@@ -296,7 +316,7 @@ def study(dataset="mnist5k", epochs=10, quick=False, sweep=True, quiet=False):
         bp_macs = backward_macs(variant_config(base, hidden, n_in, n_classes, "bp", epochs))
         for arithmetic, methods in (("float", float_methods), ("fixed", fixed_methods)):
             for method in methods:
-                cfg = variant_config(base, hidden, n_in, n_classes, method, epochs)
+                cfg = fixed_variant_config(base, hidden, n_in, n_classes, method, epochs)
                 curve, train_acc, secs, div, extra = _train(cfg, arithmetic, data, epochs)
                 r = _result(cfg, network, method, arithmetic, epochs, curve, train_acc, secs, div, bp_macs)
                 if arithmetic == "fixed":
