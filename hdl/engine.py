@@ -36,7 +36,7 @@ from .mac import MACArray
 from .output_error import OutputError
 from .update import UpdateLanes
 
-__all__ = ["Engine", "address_layout", "COUNTERS"]
+__all__ = ["Engine", "address_layout", "host_address", "COUNTERS"]
 
 #: Read-only counters at ``kind = 2``, by index.
 COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
@@ -272,7 +272,7 @@ class Engine(wiring.Component):
             ok_w = (req_kind == 0) & (req_col < n[l])
             ok_b = (req_kind == 1) & (req_col == 0)
             lay_ok.append((req_layer == l) & (req_lane < P) & (row < n[l + 1]) & (ok_w | ok_b))
-        ok_counter = (req_kind == 2) & (a[:off - 2] < len(COUNTERS))
+        ok_counter = (req_kind == 2) & (a[:off - 2] < len(COUNTERS))  # counter index: all bits below kind
         reduce_or = lay_ok[0]
         for t in lay_ok[1:]:
             reduce_or = reduce_or | t
@@ -730,3 +730,25 @@ class Engine(wiring.Component):
                 with m.If(self.host_resp.ready):
                     m.next = "IDLE"
         return m
+
+
+def host_address(cfg: EngineConfig, kind: str, layer: int = 0, row: int = 0, column: int = 0,
+                 counter: str | None = None) -> int:
+    """The host-port address of a weight (``kind="weight"``), a bias (``"bias"``) or a
+    counter (``"counter"``, by name from :data:`COUNTERS`). No range check: the engine
+    refuses and counts addresses outside its map, and tests rely on being able to send them."""
+    fields = address_layout(cfg, cfg.lanes)
+    if kind == "counter":
+        index = COUNTERS.index(counter)
+        width = sum(fields.values()) - fields["kind"]
+        return (2 << width) | index
+    else:
+        kind_code = {"weight": 0, "bias": 1}[kind]
+        value = {"column": column, "lane": row % cfg.lanes, "group": row // cfg.lanes, "layer": layer}
+    value["kind"] = kind_code
+    addr, off = 0, 0
+    for name, width in fields.items():
+        v = value.get(name, 0)
+        addr |= (v & ((1 << width) - 1)) << off
+        off += width
+    return addr

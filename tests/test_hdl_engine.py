@@ -1,0 +1,92 @@
+# amaranth: UnusedElaboratable=no
+"""The whole engine in Amaranth's simulator on small networks, against the golden model."""
+
+import numpy as np
+import pytest
+
+from dfa_engine.config import config_from_dict
+from dfa_engine.hdl.engine import host_address
+from dfa_engine.sim.amaranth_tb import run_engine
+from dfa_engine.sim.golden import GoldenModel
+
+CONFIGS = {
+    "dfa-k2-P2": {"network": {"layers": [6, 5, 4], "methods": ["dfa"]}, "training": {"lr_shift": 3},
+                  "feedback": {"k": 2}, "hardware": {"lanes": 2}},
+    "bp-P1": {"network": {"layers": [5, 4, 3], "methods": ["bp"]}, "training": {"lr_shift": 2},
+              "hardware": {"lanes": 1}},
+    "hybrid-3hidden-P4-pow2": {"network": {"layers": [7, 6, 5, 6, 3], "methods": ["dfa", "bp", "dfa"],
+                                           "activation": "hardtanh"},
+                               "training": {"lr_shift": [3, 4, 3, 2]},
+                               "feedback": {"k": 2, "values": "pow2", "max_shift": 2}, "hardware": {"lanes": 4}},
+    "dfa-fixed-multiplier-trunc": {"network": {"layers": [4, 9, 3], "methods": ["dfa"]},
+                                   "training": {"learning_rate": 0.2}, "rounding": {"forward": "trunc", "update": "trunc"},
+                                   "feedback": {"k": 1, "values": "fixed"},
+                                   "formats": {"weight": "s2.9", "bias": "s2.9", "update": "s1.9",
+                                               "activation": "s3.8", "delta": "s0.11", "error": "s1.10"},
+                                   "hardware": {"lanes": 3}},
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_engine_matches_golden(name):
+    cfg = config_from_dict(CONFIGS[name])
+    rng = np.random.default_rng(len(name))
+    n = 12
+    X = rng.integers(cfg.formats.input.min_raw, cfg.formats.input.max_raw + 1, size=(n, cfg.layers[0]))
+    Y = rng.integers(0, cfg.n_classes, size=n)
+    train = [True] * n
+    train[5] = False           # one inference in the middle
+    Y[7] = cfg.n_classes + 3   # a label outside the class range: rejected, not trained
+    results, params, counters = run_engine(cfg, X, Y, train=train, idle=0.2, backpressure=0.3, seed=1)
+    golden = GoldenModel(cfg)
+    for s in range(n):
+        if train[s] and Y[s] < cfg.n_classes:
+            pred = golden.train_step(X[s], int(Y[s]))
+        else:
+            pred = golden.predict(X[s])
+        assert results[s][0] == pred, f"sample {s}: prediction"
+        assert results[s][2] == int(train[s] and Y[s] < cfg.n_classes)
+        assert results[s][3] == int(Y[s] >= cfg.n_classes)
+    for l, ((W, b), (Wg, bg)) in enumerate(zip(params, golden.parameters())):
+        assert np.array_equal(W, Wg), f"layer {l + 1} weights"
+        assert np.array_equal(b, bg), f"layer {l + 1} biases"
+    assert counters["samples_trained"] == n - 2
+    assert counters["samples_inferred"] == 1
+    assert counters["rejected_labels"] == 1
+    assert counters["samples_received"] == n
+    assert counters["rejected_addresses"] == 0
+
+
+def test_engine_output_errors_match_golden_trace():
+    cfg = config_from_dict(CONFIGS["dfa-k2-P2"])
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, 256, size=(6, 6))
+    Y = rng.integers(0, 4, size=6)
+    results, _, _ = run_engine(cfg, X, Y)
+    golden = GoldenModel(cfg, trace=True)
+    golden.train_epoch(X, Y)
+    for s in range(6):
+        assert results[s][1] == list(golden.trace[s]["e"])
+
+
+def test_host_port_writes_reads_and_refuses():
+    cfg = config_from_dict(CONFIGS["dfa-k2-P2"])
+    f = cfg.formats
+    ops = [
+        (0, host_address(cfg, "weight", 1, 3, 4), 1, -1234),               # write W2[3, 4]
+        (0, host_address(cfg, "bias", 0, 4), 1, 777),                      # write b1[4]
+        (0, host_address(cfg, "weight", 0, 5, 0), 1, 5),                   # row 5 of 5: refused
+        (0, host_address(cfg, "weight", 0, 0, 6), 0, 0),                   # column 6 of 6: refused
+        (0, host_address(cfg, "weight", 0, 0, 0), 1, f.weight.max_raw + 1),  # value out of range: refused
+        (0, host_address(cfg, "counter", counter="samples_trained"), 1, 5),  # counters are read-only
+    ]
+    X = np.zeros((0, 6), dtype=np.int64)
+    results, params, counters = run_engine(cfg, X, [], host_ops=ops)
+    assert [err for _, err in counters["host"]] == [0, 0, 1, 1, 1, 1]
+    assert params[1][0][3, 4] == -1234
+    assert params[0][1][4] == 777
+    assert counters["rejected_addresses"] == 4
+    golden = GoldenModel(cfg)
+    W2 = golden.W[1].copy()
+    W2[3, 4] = -1234
+    assert np.array_equal(params[1][0], W2)
