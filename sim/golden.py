@@ -119,6 +119,7 @@ class GoldenModel:
         y = pre[-1]
         prediction = int(np.argmax(y))
         e = self.output_error(y, label)
+        self.last_error = e
         L = cfg.n_layers
         # Deltas, top down, all from the pre-update weights.
         delta = [None] * L

