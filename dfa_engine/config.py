@@ -335,6 +335,9 @@ def validate(cfg: EngineConfig) -> None:
     if cfg.feedback.kind == "dense" and cfg.feedback.values != "fixed":
         raise ConfigError("feedback.values", cfg.feedback.values,
                           "must be \"fixed\" for dense feedback (pm1 and pow2 are sparse value sets)")
+    if cfg.feedback.kind == "dense" and cfg.feedback.storage == "lfsr":
+        raise ConfigError("feedback.storage", "lfsr",
+                          "regenerates sparse feedback only; dense feedback is stored (\"table\")")
     if cfg.feedback.k > cfg.n_classes:
         raise ConfigError("feedback.k", cfg.feedback.k,
                           f"is out of range; must be 1 <= k <= {cfg.n_classes} (the number of classes)")

@@ -28,9 +28,10 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from dfa_engine.config import EngineConfig
-from dfa_engine.feedback import initial_parameters, sparse_feedback
+from dfa_engine.feedback import feedback_matrix, initial_parameters, sparse_feedback
+from dfa_engine.lfsr import seed_state
 
-from .arith import Requantize
+from .arith import LFSRDraw, Requantize
 from .feedback import SparseProjection, entry_layout
 from .mac import MACArray
 from .output_error import OutputError
@@ -77,12 +78,6 @@ class Engine(wiring.Component):
     """
 
     def __init__(self, cfg: EngineConfig, params=None):
-        if cfg.feedback.kind != "sparse" and "dfa" in cfg.methods:
-            raise ValueError("the engine supports sparse feedback so far, not "
-                             f"feedback.kind = {cfg.feedback.kind!r}")
-        if cfg.feedback.storage != "table" and "dfa" in cfg.methods:
-            raise ValueError("the engine supports stored feedback tables so far, not "
-                             f"feedback.storage = {cfg.feedback.storage!r}")
         if cfg.rounding_update == "stochastic":
             raise ValueError("the engine does not implement rounding.update = \"stochastic\" yet")
         self._cfg = cfg
@@ -164,8 +159,9 @@ class Engine(wiring.Component):
             m.submodules[f"delta{l + 1}"] = delta_mem[l]
         # sparse feedback tables: one word of P x k entries per group
         fb_mem = [None] * L
-        ent_layout = entry_layout(cfg) if "dfa" in cfg.methods else None
-        if ent_layout is not None:
+        sparse = cfg.feedback.kind == "sparse"
+        ent_layout = entry_layout(cfg) if ("dfa" in cfg.methods and sparse) else None
+        if ent_layout is not None and cfg.feedback.storage == "table":
             ew = ent_layout.size
             k = cfg.feedback.k
             for l in range(L - 1):
@@ -189,6 +185,24 @@ class Engine(wiring.Component):
                             word |= val << ((p * k + jj) * ew)
                     init.append(word)
                 fb_mem[l] = memory.Memory(shape=unsigned(P * k * ew), depth=G[l], init=init)
+                m.submodules[f"fb{l + 1}"] = fb_mem[l]
+        if "dfa" in cfg.methods and not sparse:
+            # dense feedback: word (g, c) holds B[g * P + p, c] for the P lanes
+            fw = f.feedback.width
+            for l in range(L - 1):
+                if cfg.methods[l] != "dfa":
+                    continue
+                B = feedback_matrix(cfg, l)
+                init = []
+                for g_ in range(G[l]):
+                    for c in range(C):
+                        word = 0
+                        for p in range(P):
+                            i = g_ * P + p
+                            v = int(B[i, c]) if i < n[l + 1] else 0
+                            word |= (v & ((1 << fw) - 1)) << (p * fw)
+                        init.append(word)
+                fb_mem[l] = memory.Memory(shape=unsigned(P * fw), depth=G[l] * C, init=init)
                 m.submodules[f"fb{l + 1}"] = fb_mem[l]
 
         # ports (every memory: one read port, one write port; users are multiplexed)
@@ -217,12 +231,20 @@ class Engine(wiring.Component):
                                           acc_width=acc_width, bias_shape=signed(bW + max_bias_shift))
         m.d.comb += mac.o.ready.eq(1)
         m.submodules.oerr = oerr = OutputError(cfg)
-        proj = [None] * L
+        proj = [None] * L        # sparse: the projection unit
+        dmac = [None] * L        # dense: a MAC array of its own, x = e_c broadcast
+        is_dfa = [l < L - 1 and cfg.methods[l] == "dfa" for l in range(L)]
         for l in range(L - 1):
-            if cfg.methods[l] == "dfa":
+            if is_dfa[l] and sparse:
                 proj[l] = SparseProjection(cfg, P)
                 m.submodules[f"proj{l + 1}"] = proj[l]
                 m.d.comb += proj[l].o.ready.eq(1)
+            elif is_dfa[l]:
+                dmac[l] = MACArray(lanes=P, x_shape=f.error.amaranth_shape(), w_shape=f.feedback.amaranth_shape(),
+                                   acc_width=f.error.width + f.feedback.width + _bits(C + 1) + 1,
+                                   bias_shape=signed(2))
+                m.submodules[f"dense{l + 1}"] = dmac[l]
+                m.d.comb += dmac[l].o.ready.eq(1)
         upd = [UpdateLanes(cfg, P, l) for l in range(L)]
         upd_b = [UpdateLanes(cfg, P, l, for_bias=True) for l in range(L)]
         for l in range(L):
@@ -365,40 +387,114 @@ class Engine(wiring.Component):
                                 m.d.sync += y_regs[c].eq(rq[p].o)
 
         # ---- DFA projections: all DFA layers at once -----------------------------------
-        dfa_g = [Signal(range(G[l] + 1), name=f"dfa_g{l + 1}") if proj[l] is not None else None for l in range(L)]
-        dfa_s2 = [Signal(name=f"dfa_s2_{l + 1}") if proj[l] is not None else None for l in range(L)]
-        dfa_s2g = [Signal.like(g, name=f"dfa_s2g{l + 1}") if proj[l] is not None else None for l in range(L)]
-        dfa_out_g = [Signal.like(g, name=f"dfa_outg{l + 1}") if proj[l] is not None else None for l in range(L)]
-        dfa_written = [Signal(range(G[l] + 1), name=f"dfa_written{l + 1}") if proj[l] is not None else None
+        # Each DFA layer walks its groups with its own counter; e is broadcast to all.
+        dfa_g = [Signal(range(G[l] + 1), name=f"dfa_g{l + 1}") if is_dfa[l] else None for l in range(L)]
+        dfa_c = [Signal(range(C + 1), name=f"dfa_c{l + 1}") if is_dfa[l] else None for l in range(L)]
+        dfa_s2 = [Signal(name=f"dfa_s2_{l + 1}") if is_dfa[l] else None for l in range(L)]
+        dfa_s2g = [Signal.like(g, name=f"dfa_s2g{l + 1}") if is_dfa[l] else None for l in range(L)]
+        dfa_out_g = [Signal.like(g, name=f"dfa_outg{l + 1}") if is_dfa[l] else None for l in range(L)]
+        dfa_written = [Signal(range(G[l] + 1), name=f"dfa_written{l + 1}") if is_dfa[l] else None
                        for l in range(L)]
         dfa_run = Signal()
         dfa_start = Signal()
         for l in range(L - 1):
-            if proj[l] is None:
+            if not is_dfa[l]:
                 continue
-            pr = proj[l]
-            m.d.comb += [fb_rd[l].addr.eq(dfa_g[l]), mask_rd[l].addr.eq(dfa_g[l])]
             m.d.sync += dfa_s2[l].eq(0)
-            with m.If(dfa_start):
-                m.d.sync += [dfa_g[l].eq(0), dfa_written[l].eq(0)]
-            with m.Elif(dfa_run & (dfa_g[l] < G[l])):
-                m.d.sync += [dfa_g[l].eq(dfa_g[l] + 1), dfa_s2[l].eq(1), dfa_s2g[l].eq(dfa_g[l])]
-            for c in range(C):
-                m.d.comb += pr.i.payload.e[c].eq(e_regs[c])
-            m.d.comb += [pr.i.payload.entries.eq(fb_rd[l].data), pr.i.payload.mask.eq(mask_rd[l].data),
-                         pr.i.valid.eq(dfa_s2[l])]
-            act_bits = [(dfa_s2g[l] * P + p) < n[l + 1] for p in range(P)]
-            m.d.comb += pr.i.payload.active.eq(Cat(*act_bits))
-            with m.If(pr.i.valid):
-                m.d.sync += dfa_out_g[l].eq(dfa_s2g[l])
-            with m.If(pr.o.valid):
-                m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(pr.o.payload.delta.as_value()),
-                             d_wr[l].en.eq((1 << P) - 1)]
-                m.d.sync += dfa_written[l].eq(dfa_written[l] + 1)
-            sat_inc.append(Mux(pr.o.valid, pr.o.payload.saturated, 0))
+            if sparse:
+                pr = proj[l]
+                issue = dfa_run & (dfa_g[l] < G[l])
+                with m.If(dfa_start):
+                    m.d.sync += [dfa_g[l].eq(0), dfa_written[l].eq(0)]
+                with m.Elif(issue):
+                    m.d.sync += [dfa_g[l].eq(dfa_g[l] + 1), dfa_s2[l].eq(1), dfa_s2g[l].eq(dfa_g[l])]
+                m.d.comb += mask_rd[l].addr.eq(dfa_g[l])
+                if cfg.feedback.storage == "table":
+                    m.d.comb += fb_rd[l].addr.eq(dfa_g[l])
+                    entries = fb_rd[l].data
+                else:
+                    # Regenerate the entries: P * k draws a group, in the golden model's order.
+                    k = cfg.feedback.k
+                    gen = LFSRDraw(per_cycle=P * k, reset_state=seed_state(cfg.feedback.seed, l))
+                    m.submodules[f"fb_lfsr{l + 1}"] = gen
+                    m.d.comb += [gen.load.eq(dfa_start), gen.seed.eq(seed_state(cfg.feedback.seed, l)),
+                                 gen.en.eq(issue)]
+                    entries = Signal(P * k * ent_layout.size, name=f"fb_gen{l + 1}")
+                    fields = []
+                    for p in range(P):
+                        w0 = gen.words[(p * k) * 32:(p * k) * 32 + 32]
+                        base = Signal(_bits(C), name=f"fb_base{l + 1}_{p}")
+                        m.d.comb += base.eq((w0[:16] * C) >> 16)
+                        for jj in range(k):
+                            w = gen.words[(p * k + jj) * 32:(p * k + jj) * 32 + 32]
+                            idx = Signal(_bits(C), name=f"fb_idx{l + 1}_{p}_{jj}")
+                            m.d.comb += idx.eq(Mux(base + jj >= C, base + jj - C, base + jj))
+                            ent = Signal(ent_layout, name=f"fb_ent{l + 1}_{p}_{jj}")
+                            m.d.comb += [ent.index.eq(idx), ent.sign.eq(w[16])]
+                            if cfg.feedback.values == "pow2":
+                                m.d.comb += ent.shift.eq((w[17:32] * (cfg.feedback.max_shift + 1)) >> 15)
+                            if cfg.feedback.values == "fixed":
+                                m.d.comb += ent.magnitude.eq(1 + ((w[17:32] * f.feedback.max_raw) >> 15))
+                            fields.append(ent.as_value())
+                    with m.If(issue):
+                        m.d.sync += entries.eq(Cat(*fields))
+                for c in range(C):
+                    m.d.comb += pr.i.payload.e[c].eq(e_regs[c])
+                m.d.comb += [pr.i.payload.entries.eq(entries), pr.i.payload.mask.eq(mask_rd[l].data),
+                             pr.i.valid.eq(dfa_s2[l])]
+                act_bits = [(dfa_s2g[l] * P + p) < n[l + 1] for p in range(P)]
+                m.d.comb += pr.i.payload.active.eq(Cat(*act_bits))
+                with m.If(pr.i.valid):
+                    m.d.sync += dfa_out_g[l].eq(dfa_s2g[l])
+                with m.If(pr.o.valid):
+                    m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(pr.o.payload.delta.as_value()),
+                                 d_wr[l].en.eq((1 << P) - 1)]
+                    m.d.sync += dfa_written[l].eq(dfa_written[l] + 1)
+                sat_inc.append(Mux(pr.o.valid, pr.o.payload.saturated, 0))
+            else:
+                # dense: for each group, C cycles of x = e_c, w = B[group rows, c]
+                dm = dmac[l]
+                issue = dfa_run & (dfa_g[l] < G[l])
+                s2_c = Signal.like(dfa_c[l], name=f"dfa_s2c{l + 1}")
+                s2_last_c = Signal(name=f"dfa_s2last{l + 1}")
+                with m.If(dfa_start):
+                    m.d.sync += [dfa_g[l].eq(0), dfa_c[l].eq(0), dfa_written[l].eq(0)]
+                with m.Elif(issue):
+                    m.d.sync += [dfa_s2[l].eq(1), dfa_s2g[l].eq(dfa_g[l]), s2_c.eq(dfa_c[l]),
+                                 s2_last_c.eq(dfa_c[l] == C - 1)]
+                    with m.If(dfa_c[l] == C - 1):
+                        m.d.sync += [dfa_c[l].eq(0), dfa_g[l].eq(dfa_g[l] + 1)]
+                    with m.Else():
+                        m.d.sync += dfa_c[l].eq(dfa_c[l] + 1)
+                m.d.comb += [fb_rd[l].addr.eq(dfa_g[l] * C + dfa_c[l]), mask_rd[l].addr.eq(dfa_g[l])]
+                flanes = lanes_of(fb_rd[l].data, f.feedback.width, f.feedback.amaranth_shape())
+                m.d.comb += [dm.i.valid.eq(dfa_s2[l]), dm.i.payload.x.eq(e_regs[s2_c]),
+                             dm.i.payload.first.eq(s2_c == 0), dm.i.payload.last.eq(s2_last_c)]
+                for p in range(P):
+                    m.d.comb += [dm.i.payload.w[p].eq(flanes[p]), dm.i.payload.bias[p].eq(0)]
+                mask_word = Signal(P, name=f"dfa_mask{l + 1}")
+                with m.If(dfa_s2[l] & s2_last_c):
+                    m.d.sync += [mask_word.eq(mask_rd[l].data), dfa_out_g[l].eq(dfa_s2g[l])]
+                vals, nsat = [], []
+                for p in range(P):
+                    rq = Requantize(len(dm.o.payload[p]), f.error.frac_bits + f.feedback.frac_bits, f.delta,
+                                    cfg.rounding_backward)
+                    m.submodules[f"rq_dense{l + 1}_{p}"] = rq
+                    m.d.comb += rq.i.eq(dm.o.payload[p])
+                    active = (dfa_out_g[l] * P + p) < n[l + 1]
+                    vals.append(Mux(mask_word[p] & active, rq.o, 0))
+                    nsat.append(rq.saturated & active)
+                with m.If(dm.o.valid):
+                    m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(Cat(*vals)),
+                                 d_wr[l].en.eq((1 << P) - 1)]
+                    m.d.sync += dfa_written[l].eq(dfa_written[l] + 1)
+                tot = nsat[0]
+                for t in nsat[1:]:
+                    tot = tot + t
+                sat_inc.append(Mux(dm.o.valid, tot, 0))
         dfa_done = Const(1)
         for l in range(L - 1):
-            if proj[l] is not None:
+            if is_dfa[l]:
                 dfa_done = dfa_done & (dfa_written[l] == G[l])
 
         # ---- BP: g_j = sum_k W_{l+1}[k, j] delta_{l+1}[k], lanes reduce over k -------

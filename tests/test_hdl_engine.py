@@ -24,6 +24,13 @@ CONFIGS = {
                                    "formats": {"weight": "s2.9", "bias": "s2.9", "update": "s1.9",
                                                "activation": "s3.8", "delta": "s0.11", "error": "s1.10"},
                                    "hardware": {"lanes": 3}},
+    "dense-P3": {"network": {"layers": [5, 7, 4], "methods": ["dfa"]}, "training": {"lr_shift": 3},
+                 "feedback": {"kind": "dense", "values": "fixed"}, "formats": {"feedback": "s0.7"},
+                 "hardware": {"lanes": 3}},
+    "lfsr-k2-pow2-2hidden-P2": {"network": {"layers": [5, 7, 6, 4], "methods": ["dfa", "dfa"]},
+                                "training": {"lr_shift": 3},
+                                "feedback": {"k": 2, "values": "pow2", "max_shift": 3, "storage": "lfsr"},
+                                "hardware": {"lanes": 2}},
 }
 
 
