@@ -321,6 +321,23 @@ def validate(cfg: EngineConfig) -> None:
         if f.accumulator is not None and f.accumulator < need:
             raise ConfigError("formats.accumulator", f.accumulator,
                               f"is too narrow: layer {layer + 1} needs {need} bits to sum {cfg.layers[layer]} products exactly")
+    # The backward sums run exactly only below 2^53 (float64 in the golden model): check
+    # B e (C terms) and W^T delta (n_{l+1} terms) like the forward accumulator.
+    fb_bits = f.error.width + f.feedback.width + math.ceil(math.log2(cfg.n_classes + 1))
+    if "dfa" in cfg.methods and fb_bits > _MAX_EXACT_BITS:
+        raise ConfigError("formats.feedback", str(f.feedback),
+                          f"makes the feedback sum B e {fb_bits} bits; the limit is {_MAX_EXACT_BITS}")
+    for layer, method in enumerate(cfg.methods):
+        bp_bits = f.weight.width + f.delta.width + math.ceil(math.log2(cfg.layers[layer + 2] + 1))
+        if method == "bp" and bp_bits > _MAX_EXACT_BITS:
+            raise ConfigError("formats.delta", str(f.delta),
+                              f"makes layer {layer + 1}'s BP sum W^T delta {bp_bits} bits; the limit is {_MAX_EXACT_BITS}")
+    if cfg.rounding_update == "stochastic":
+        lr_frac = max(cfg.lr_shift) if cfg.lr_multiplier is None else f.learning_rate.frac_bits
+        shift = f.delta.frac_bits + lr_frac + max(f.input.frac_bits, f.activation.frac_bits) - f.weight.frac_bits
+        if shift > 32:
+            raise ConfigError("rounding.update", "stochastic",
+                              f"draws 32 random bits, but the update shifts by {shift} bits (at most 32)")
     lr_bits = f.learning_rate.width if cfg.lr_multiplier is not None else 1
     update_bits = f.delta.width + lr_bits + max(f.input.width, f.activation.width)
     if update_bits > 62:
@@ -347,8 +364,8 @@ def validate(cfg: EngineConfig) -> None:
         raise ConfigError("softmax.table_frac_bits", cfg.softmax_table_frac_bits,
                           f"exceeds the activation format's {f.activation.frac_bits} fraction bits")
     if cfg.lr_multiplier is not None:
-        raw = round(cfg.lr_multiplier * (1 << f.learning_rate.frac_bits))
-        if raw < 1 or raw > f.learning_rate.max_raw:
+        raw = int(f.learning_rate.from_float(cfg.lr_multiplier))   # the golden model's quantization
+        if raw < 1 or cfg.lr_multiplier > f.learning_rate.max_value + f.learning_rate.lsb / 2:
             raise ConfigError("training.learning_rate", cfg.lr_multiplier,
                               f"is not representable in formats.learning_rate {f.learning_rate}")
 

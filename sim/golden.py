@@ -141,13 +141,15 @@ class GoldenModel:
             self._update(l, delta[l], h[l])
         self.samples_trained += 1
         if self.trace is not None:
-            rec = {"x": h[0], "y": y, "e": e, "prediction": np.array([prediction])}
-            for l in range(L):
+            # in the order of the computation, so that the trace diff's "first" is the cause
+            rec = {"x": h[0]}
+            for l in range(L - 1):
                 rec[f"a{l + 1}"] = pre[l]
+                rec[f"h{l + 1}"] = h[l + 1]
+            rec.update({f"a{L}": pre[L - 1], "y": y, "prediction": np.array([prediction]), "e": e, f"delta{L}": delta[L - 1]})
+            for l in range(L - 2, -1, -1):
+                rec[f"g{l + 1}"] = g_all[l]
                 rec[f"delta{l + 1}"] = delta[l]
-                if l < L - 1:
-                    rec[f"h{l + 1}"] = h[l + 1]
-                    rec[f"g{l + 1}"] = g_all[l]
             self.trace.append(rec)
         return prediction
 

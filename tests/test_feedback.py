@@ -152,11 +152,17 @@ def test_seeds_and_streams(kind, values, k):
 
 
 @pytest.mark.parametrize("kind, values, k, max_shift", [("sparse", "pm1", 1, 0), ("sparse", "pow2", 3, 4),
-                                                        ("sparse", "fixed", 2, 0), ("dense", "fixed", 1, 0)])
+                                                        ("sparse", "fixed", 2, 0)])
 def test_table_and_lfsr_storage_give_the_same_matrix(kind, values, k, max_shift):
     kw = dict(rows=80, classes=10, kind=kind, values=values, k=k, max_shift=max_shift, seed=9)
     assert np.array_equal(feedback_matrix(make_cfg(storage="table", **kw), 0),
                           feedback_matrix(make_cfg(storage="lfsr", **kw), 0))
+
+
+def test_dense_feedback_cannot_be_regenerated():
+    from dfa_engine.config import ConfigError
+    with pytest.raises(ConfigError, match=r"^feedback\.storage: 'lfsr' regenerates sparse feedback only"):
+        make_cfg(rows=8, classes=10, kind="dense", values="fixed", storage="lfsr")
 
 
 def test_class_balance_k1():
