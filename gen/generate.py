@@ -12,12 +12,12 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
-from dfa_engine.config import EngineConfig
+from dfa_engine.config import ConfigError, EngineConfig
 from dfa_engine.feedback import initial_parameters
 from dfa_engine.hdl.engine import COUNTERS, Engine, address_layout
 from dfa_engine.tables import exp_table
 
-__all__ = ["generate", "engine_info", "estimate_cycles", "TOP_NAME"]
+__all__ = ["generate", "engine_info", "estimate_cycles", "check_feasible", "memory_bits", "TOP_NAME"]
 
 TOP_NAME = "dfa_engine_top"
 
@@ -80,11 +80,47 @@ def engine_info(cfg: EngineConfig, top: Engine | None = None) -> dict:
         },
         "exp_table": exp_table(cfg),
         "cycles_per_sample": estimate_cycles(cfg),
+        "memory_bits": memory_bits(cfg),
     }
+
+
+#: Largest total on-chip memory the generator accepts (bits): beyond the largest FPGAs the
+#: open flows target (an ECP5-85F has 3.7 Mbit of block RAM; a UP5K 1 Mbit of SPRAM).
+MAX_MEMORY_BITS = 16 * 1024 * 1024
+
+
+def memory_bits(cfg: EngineConfig) -> int:
+    """Bits of every memory the engine instantiates (``hdl/engine.py``)."""
+    f, P, n, L = cfg.formats, cfg.lanes, cfg.layers, cfg.n_layers
+    G = [_ceil_div(n[l + 1], P) for l in range(L)]
+    bits = sum(G[l] * P * (n[l] * f.weight.width + f.bias.width + f.delta.width) for l in range(L))
+    bits += _ceil_div(n[0], P) * P * f.input.width
+    bits += sum(G[l] * P * (f.activation.width + 1) for l in range(L - 1))
+    for l in range(L - 1):
+        if cfg.methods[l] == "dfa" and cfg.feedback.kind == "dense":
+            bits += G[l] * P * cfg.n_classes * f.feedback.width
+        elif cfg.methods[l] == "dfa" and cfg.feedback.storage == "table":
+            from dfa_engine.hdl.feedback import entry_layout
+
+            bits += G[l] * P * cfg.feedback.k * entry_layout(cfg).size
+    return bits
+
+
+def check_feasible(cfg: EngineConfig) -> None:
+    """Fail at once, naming the limit, for a configuration the generator would not build well."""
+    widest = max(cfg.layers[1:])
+    if cfg.lanes > widest:
+        raise ConfigError("hardware.lanes", cfg.lanes,
+                          f"exceeds the widest layer ({widest} neurons): the extra lanes could never be used")
+    bits = memory_bits(cfg)
+    if bits > MAX_MEMORY_BITS:
+        raise ConfigError("network.layers", list(cfg.layers),
+                          f"needs {bits:,} bits of on-chip memory; the generator's limit is {MAX_MEMORY_BITS:,}")
 
 
 def generate(cfg: EngineConfig, out_dir) -> dict:
     """Write ``<out>/dfa_engine_top.v`` and ``<out>/engine.json``; returns the info dict."""
+    check_feasible(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     top = Engine(cfg, params=initial_parameters(cfg))

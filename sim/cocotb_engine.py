@@ -68,11 +68,16 @@ async def train_and_compare(dut):
     dut.start.value = 1
     t0 = time.perf_counter()
     strobe = RisingEdge(dut.result_strobe)
+    progress_path = run_dir / "progress"
+    step = max(1, n // 200)
     for s in range(n):
         await strobe
         await ReadOnly()
         pred, e, trained, rejected = _decode_result(cfg, int(dut.last_result.value))
-        results.append({"prediction": pred, "trained": trained, "rejected": rejected})
+        results.append({"prediction": pred, "trained": trained, "rejected": rejected,
+                        "cycle": int(dut.cycles.value)})
+        if (s + 1) % step == 0 or s + 1 == n:
+            progress_path.write_text(f"{s + 1}\n")
         if not check:
             continue
         label_ok = 0 <= Y[s] < cfg.n_classes

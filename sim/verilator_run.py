@@ -14,6 +14,7 @@ import os
 import pickle
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -76,8 +77,21 @@ def build_engine(cfg: EngineConfig, max_samples: int = 512):
     return runner, build_dir
 
 
+def _watch_progress(path: Path, progress, stop: threading.Event):
+    """Poll the cocotb process's progress file (it writes the count of results)."""
+    last = -1
+    while not stop.wait(0.25):
+        try:
+            done = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            continue
+        if done != last:
+            progress(done)
+            last = done
+
+
 def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=0.0, max_samples=512,
-                 tag="run", check=True) -> dict:
+                 tag="run", check=True, progress=None) -> dict:
     """Train the RTL on ``X`` (raw input format) / ``Y`` in Verilator; returns the summary dict:
     ``results`` (prediction, trained, rejected per sample), ``mismatch`` (first difference or
     None), ``params_equal``, ``cycles``, ``wall_seconds``, ``counters``."""
@@ -101,7 +115,29 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
     np.savez(run_dir / "io_data.npz", X=X, Y=Y, train=train)
     with open(run_dir / "config.pkl", "wb") as fh:   # handed to the cocotb process as is
         pickle.dump(cfg, fh)
+    stop = threading.Event()
+    watcher = None
+    if progress is not None:
+        watcher = threading.Thread(target=_watch_progress, args=(run_dir / "progress", progress, stop), daemon=True)
+        watcher.start()
     t0 = time.perf_counter()
+    try:
+        _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check)
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.join()
+    wall = time.perf_counter() - t0
+    summary_path = run_dir / "summary.json"
+    if not summary_path.exists():
+        raise RuntimeError(f"the cocotb run wrote no summary; see {run_dir / 'sim.log'}")
+    summary = json.loads(summary_path.read_text())
+    summary["wall_seconds_total"] = wall
+    summary["run_dir"] = str(run_dir)
+    return summary
+
+
+def _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check):
     runner.test(
         hdl_toplevel="tb_harness",
         test_module="dfa_engine.sim.cocotb_engine",
@@ -113,10 +149,3 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
         results_xml=str(run_dir / "results.xml"),
         log_file=run_dir / "sim.log",
     )
-    wall = time.perf_counter() - t0
-    summary_path = run_dir / "summary.json"
-    if not summary_path.exists():
-        raise RuntimeError(f"the cocotb run wrote no summary; see {run_dir / 'sim.log'}")
-    summary = json.loads(summary_path.read_text())
-    summary["wall_seconds_total"] = wall
-    return summary
