@@ -118,12 +118,15 @@ def check_feasible(cfg: EngineConfig) -> None:
                           f"needs {bits:,} bits of on-chip memory; the generator's limit is {MAX_MEMORY_BITS:,}")
 
 
-def generate(cfg: EngineConfig, out_dir) -> dict:
-    """Write ``<out>/dfa_engine_top.v`` and ``<out>/engine.json``; returns the info dict."""
+def generate(cfg: EngineConfig, out_dir, init_parameters: bool = True) -> dict:
+    """Write ``<out>/dfa_engine_top.v`` and ``<out>/engine.json``; returns the info dict.
+
+    ``init_parameters=False`` leaves the weight and bias memories without initial contents
+    (the host loads them); simulation builds use it to keep Verilator's C++ small."""
     check_feasible(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    top = Engine(cfg, params=initial_parameters(cfg))
+    top = Engine(cfg, params=initial_parameters(cfg), init_parameters=init_parameters)
     text = verilog.convert(top, name=TOP_NAME, emit_src=False, strip_internal_attrs=True)
     (out / f"{TOP_NAME}.v").write_text(text)
     info = engine_info(cfg, top)

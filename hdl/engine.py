@@ -77,12 +77,15 @@ class Engine(wiring.Component):
     host_resp : Out(stream)  ``{data, error}``, one per request.
     """
 
-    def __init__(self, cfg: EngineConfig, params=None):
+    def __init__(self, cfg: EngineConfig, params=None, init_parameters: bool = True):
         if cfg.rounding_update == "stochastic":
             raise ValueError("the engine does not implement rounding.update = \"stochastic\" yet")
         self._cfg = cfg
         self._P = cfg.lanes
         self._params = initial_parameters(cfg) if params is None else params
+        # Without initial contents the weight memories start at zero and the host loads
+        # them (faster Verilator builds for large networks).
+        self._init_parameters = init_parameters
         f = cfg.formats
         C = cfg.n_classes
         self._addr = address_layout(cfg, self._P)
@@ -138,10 +141,13 @@ class Engine(wiring.Component):
                         v = int(W[i, j]) if i < n[l + 1] else 0
                         word |= (v & ((1 << wW) - 1)) << (p * wW)
                     init[-1] = word
+            if not self._init_parameters:
+                init = []
             mem = memory.Memory(shape=unsigned(P * wW), depth=G[l] * n[l], init=init)
             m.submodules[f"W{l + 1}"] = mem
             W_mem.append(mem)
-            bmem = memory.Memory(shape=unsigned(P * bW), depth=G[l], init=words_of(b, bW, G[l]))
+            bmem = memory.Memory(shape=unsigned(P * bW), depth=G[l],
+                                 init=words_of(b, bW, G[l]) if self._init_parameters else [])
             m.submodules[f"b{l + 1}"] = bmem
             b_mem.append(bmem)
 

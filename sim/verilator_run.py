@@ -22,7 +22,9 @@ import numpy as np
 
 from dfa_engine.config import EngineConfig
 
-from .harness import dump_addresses, harness_source
+from dfa_engine.feedback import initial_parameters
+
+from .harness import dump_addresses, harness_source, parameter_values, payload_widths
 
 __all__ = ["run_training", "verilator_bin_dir", "build_engine"]
 
@@ -37,7 +39,7 @@ def verilator_bin_dir() -> Path:
 
 
 def _config_key(cfg: EngineConfig, max_samples: int) -> str:
-    text = json.dumps(cfg.to_dict(), sort_keys=True) + f"/{max_samples}/v1"
+    text = json.dumps(cfg.to_dict(), sort_keys=True) + f"/{max_samples}/v2"
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -59,7 +61,7 @@ def build_engine(cfg: EngineConfig, max_samples: int = 512):
     runner = get_runner("verilator")
     if not stamp.exists():
         src_dir.mkdir(parents=True, exist_ok=True)
-        generate(cfg, src_dir)
+        generate(cfg, src_dir, init_parameters=False)
         (src_dir / "tb_harness.sv").write_text(harness_source(cfg, max_samples))
         (src_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
         runner.build(
@@ -112,6 +114,11 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
     (run_dir / "io_ctrl.hex").write_text(
         "\n".join(f"{(int(t) << 16) | (int(y) & 0xFFFF):x}" for y, t in zip(Y, train)) + "\n")
     (run_dir / "io_dump_addr.hex").write_text("\n".join(f"{a:x}" for a in dump_addresses(cfg)) + "\n")
+    # the initial parameters, written through the host port before the first sample
+    data_bits = payload_widths(cfg)["data"]
+    pre = [f"{(a << data_bits) | (int(v) & ((1 << data_bits) - 1)):x}"
+           for a, v in zip(dump_addresses(cfg), parameter_values(initial_parameters(cfg)))]
+    (run_dir / "io_preload.hex").write_text("\n".join(pre) + "\n")
     np.savez(run_dir / "io_data.npz", X=X, Y=Y, train=train)
     with open(run_dir / "config.pkl", "wb") as fh:   # handed to the cocotb process as is
         pickle.dump(cfg, fh)
