@@ -11,7 +11,7 @@ def _run(*args):
     return subprocess.run([sys.executable, "-m", "dfa_engine.cli", *args], capture_output=True, text=True)
 
 
-@pytest.mark.parametrize("sub", ["", "train", "check", "study", "trace-diff"])
+@pytest.mark.parametrize("sub", ["", "rtl", "generate", "train", "check", "study", "trace-diff"])
 def test_help(sub):
     r = _run(*([sub] if sub else []), "--help")
     assert r.returncode == 0

@@ -15,7 +15,7 @@ def test_readme_has_three_commands_on_first_screen():
     text = (ROOT / "README.md").read_text()
     assert text.index("```sh") < 1500
     setup, main_job, tests = _readme_commands()
-    assert "pip install" in setup and "dfa-engine train" in main_job and "pytest" in tests
+    assert "pip install" in setup and "dfa-engine rtl" in main_job and "pytest" in tests
 
 
 def test_ci_runs_the_readme_commands():
