@@ -213,7 +213,7 @@ def config_from_dict(data: dict) -> EngineConfig:
         raise ConfigError("network.layers[-1]", layers[-1], "must be at least 2 (the number of classes)")
     n_hidden = len(layers) - 2
 
-    activation = _choice("network", "activation", net.get("activation", "relu"), ACTIVATIONS)
+    activation = _choice("network", "activation", net.get("activation", "hardtanh"), ACTIVATIONS)
     if "methods" in net and "method" in net:
         raise ConfigError("network.method", net["method"], "conflicts with network.methods; give one of them")
     if "methods" in net:
@@ -260,7 +260,7 @@ def config_from_dict(data: dict) -> EngineConfig:
         lr_multiplier = float(lr)
         lr_shift = ()
     else:
-        shifts = trn.get("lr_shift", 7)
+        shifts = trn.get("lr_shift", 6)
         if _is_int(shifts):
             shifts = [shifts] * n_layers
         if not isinstance(shifts, list) or len(shifts) != n_layers:

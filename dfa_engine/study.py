@@ -9,19 +9,22 @@ with
 
 * float (float64, exact softmax; :class:`dfa_engine.nn.NumpyMLP`, the verified fast path of
   :mod:`dfa_engine.nn`): BP, DFA with dense feedback, sparse DFA with ``k = 1`` and ``k = 2``
-  (``+-1``), and a hybrid (DFA on the lower hidden layers, BP on the last; 4-layer net only,
-  a single hidden layer has no split);
+  (``+-1``), and a hybrid (DFA on the lower hidden layers, BP on the last, dense feedback;
+  4-layer net only, a single hidden layer has no split);
 * fixed point (the bit-exact golden model :class:`dfa_engine.sim.golden.GoldenModel`, 16-bit
-  formats of the built-in configuration): BP, dense DFA (also with delta ``s3.12``, which dense
-  feedback needs) and sparse DFA ``k = 1``, with the
-  *same* initial weights, feedback matrices and learning rates as their float twins;
+  formats of the built-in configuration): BP, dense DFA, sparse DFA ``k = 1`` and (4-layer net)
+  the hybrid, with the *same* initial weights, feedback matrices, activations and learning
+  rates as their float twins. Dense feedback uses the format ``s0.7`` (entries uniform in
+  [-1, 1), :data:`DENSE_FEEDBACK_FORMAT`) so that ``g = B e`` fits the ``s1.14`` delta;
 * a bit-width sweep: sparse DFA ``k = 1`` on ``N-128-10`` in fixed point with the weight,
   bias, update, activation, error and delta formats cut to 16 / 12 / 10 / 8 bits.
 
 Hyperparameters are per-layer power-of-two learning rates (``lr_l = 2^-lr_shift[l]``, the
-engine's own learning-rate form, so float and fixed use identical rates). They were chosen
+engine's own learning-rate form, so float and fixed use identical rates) and the hidden
+activation (``relu`` or the bounded ``hardtanh``, :data:`ACTIVATION`). They were chosen
 by ``benchmarks/study_tuning.py`` on a validation split (the last 1,000 of the 4,000 MNIST-5k
-training samples; never the test set), with the same grid for BP as for the DFA variants,
+training samples; never the test set), with the same grid (rates and both activations) for
+BP as for the DFA variants,
 and are recorded with every result.
 
 Cost columns (per training sample, per network):
@@ -62,28 +65,45 @@ __all__ = ["add_arguments", "run", "main", "HYPERPARAMETERS", "backward_macs", "
 #: method, chosen by ``benchmarks/study_tuning.py`` (validation split). Filled in below.
 HYPERPARAMETERS = {
     (128,): {
-        "bp": (5, 5),                      # grid 4..7 (uniform)
-        "dfa": (8, 8),                     # grid 5..9
-        "sparse-dfa-k1": (8, 8),           # grid 5..9
-        "sparse-dfa-k2": (8, 8),           # grid 7..9
+        "bp": (5, 5),                      # relu; grid 4..7 (uniform), relu and hardtanh
+        "dfa": (6, 7),                     # hardtanh, feedback s0.7; grid 6..9 x relu/hardtanh
+        "sparse-dfa-k1": (6, 6),           # hardtanh; grid 5..9 x relu/hardtanh
+        "sparse-dfa-k2": (6, 6),           # hardtanh; grid 5..9 x relu/hardtanh
     },
     (256, 128, 64): {
-        "bp": (7, 7, 7, 7),                # grid 4..7 (uniform)
-        "dfa": (9, 9, 9, 5),               # grid: hidden 8..12 x output 5..7, and per-layer variants
-        "sparse-dfa-k1": (12, 12, 12, 5),  # same grid
-        "sparse-dfa-k2": (12, 12, 12, 5),  # best two of the k=1 grid
-        "hybrid": (11, 12, 5, 5),          # DFA, DFA, BP: DFA shifts 8..13, BP/output 5..6
+        "bp": (7, 7, 7, 7),                # relu; grid 4..7 (uniform), relu and hardtanh
+        "dfa": (6, 6, 6, 6),               # hardtanh, feedback s0.7 (= s1.6 with (7, 7, 7, 6))
+        "sparse-dfa-k1": (7, 7, 7, 6),     # hardtanh; hidden 6..12 x output 5..7
+        "sparse-dfa-k2": (6, 6, 6, 6),     # hardtanh
+        "hybrid": (7, 7, 6, 6),            # hardtanh, DFA, DFA, BP, dense feedback s0.7
     },
 }
+
+#: Hidden activation per network shape and method, chosen with the learning rates (validation
+#: split). ReLU lets the DFA layers' activations grow without bound (the first hidden layer
+#: of the 4-layer net reaches mean |h| ~ 73 unless the DFA rates are tiny); the bounded
+#: hardtanh (a clip, mask ``-1 < a < 1``) keeps them in [-1, 1] and allows 2^4..2^6 times
+#: larger rates. BP was given both activations too; ReLU won there.
+ACTIVATION = {
+    (128,): {"bp": "relu", "dfa": "hardtanh", "sparse-dfa-k1": "hardtanh", "sparse-dfa-k2": "hardtanh"},
+    (256, 128, 64): {"bp": "relu", "dfa": "hardtanh", "sparse-dfa-k1": "hardtanh",
+                     "sparse-dfa-k2": "hardtanh", "hybrid": "hardtanh"},
+}
+
+#: Feedback format of dense feedback: entries uniform in [-1, 1). With s1.6 ([-2, 2)) g = B e
+#: reaches +-4 and saturates the s1.14 delta; s0.7 keeps |g| <= 2 (sum |e_c| <= 2). In float
+#: it only halves B, i.e. it is the same as one more lr shift on the DFA layers.
+DENSE_FEEDBACK_FORMAT = "s0.7"
 
 #: Hybrid split per network shape: methods per hidden layer.
 HYBRID_METHODS = {(256, 128, 64): ("dfa", "dfa", "bp")}
 #: Feedback of the hybrid variant.
-HYBRID_FEEDBACK = {(256, 128, 64): ("sparse", 1)}
+HYBRID_FEEDBACK = {(256, 128, 64): ("dense",)}
 
-#: Bit-width sweep: total width -> learning-rate shifts (784-128-10 sparse DFA k=1).
+#: Bit-width sweep: total width -> learning-rate shifts (784-128-10 sparse DFA k=1, the
+#: engine default: hardtanh).
 SWEEP_BITS = (16, 12, 10, 8)
-SWEEP_LR = {16: (7, 7), 12: (7, 7), 10: (7, 7), 8: (7, 7)}   # the engine default lr
+SWEEP_LR = {16: (6, 6), 12: (6, 6), 10: (6, 6), 8: (6, 6)}   # the engine default lr
 #: Widths also run with stochastic update rounding (slow in the golden model: one LFSR word per weight).
 SWEEP_STOCHASTIC = (10, 8)
 
@@ -149,9 +169,12 @@ def _feedback(kind: str, k: int = 1):
 
 def variant_config(base, hidden, n_in, n_classes, method, epochs):
     """The engine configuration of one (network, method)."""
+    from .fixed import FixedFormat
+
     hidden = tuple(hidden)
     layers = (n_in, *hidden, n_classes)
-    hp = HYPERPARAMETERS.get(hidden, HYPERPARAMETERS[(128,)] if len(hidden) == 1 else {})
+    key = hidden if hidden in HYPERPARAMETERS else ((128,) if len(hidden) == 1 else hidden)
+    hp = HYPERPARAMETERS.get(key, {})
     nh = len(hidden)
     if method == "bp":
         methods, fb = ("bp",) * nh, _feedback("sparse", 1)
@@ -165,12 +188,19 @@ def variant_config(base, hidden, n_in, n_classes, method, epochs):
     else:
         raise ValueError(f"unknown method {method!r}")
     shifts = hp.get(method, (7,) * (nh + 1))
-    return base.with_(layers=layers, methods=methods, feedback=fb, lr_shift=tuple(shifts), epochs=epochs)
+    activation = ACTIVATION.get(key, {}).get(method, base.activation)
+    formats = base.formats
+    if fb.kind == "dense":
+        formats = replace(formats, feedback=FixedFormat.parse(DENSE_FEEDBACK_FORMAT))
+    return base.with_(layers=layers, methods=methods, feedback=fb, lr_shift=tuple(shifts), epochs=epochs,
+                      activation=activation, formats=formats)
 
 
 #: Fixed-point variants with a format change: name -> (float twin's method, format overrides).
-#: Dense feedback (entries in [-2, 2)) makes g = B e reach +-4, which saturates the default
-#: s1.14 delta; s3.12 holds it (see examples/study_dense_dfa.toml).
+#: Dense feedback in s1.6 (entries in [-2, 2)) made g = B e reach +-4, which saturates the
+#: s1.14 delta; delta s3.12 held it (examples/study_dense_dfa.toml). The study now uses dense
+#: feedback s0.7 (:data:`DENSE_FEEDBACK_FORMAT`), which needs no wider delta, so this variant
+#: is no longer in the plan; ``fixed_variant_config(..., "dfa-delta-s3.12", ...)`` still works.
 FORMAT_VARIANTS = {"dfa-delta-s3.12": ("dfa", {"delta": "s3.12"})}
 
 
@@ -274,8 +304,10 @@ def _result(cfg, network, method, arithmetic, epochs, curve, train_acc, seconds,
         "curve": curve,
         "diverged": diverged,
         "methods": list(cfg.methods),
+        "activation": cfg.activation,
         "feedback": ({"kind": cfg.feedback.kind, "k": cfg.feedback.k, "values": cfg.feedback.values,
-                      "seed": cfg.feedback.seed} if "dfa" in cfg.methods else None),
+                      "format": str(cfg.formats.feedback), "seed": cfg.feedback.seed}
+                     if "dfa" in cfg.methods else None),
         "lr_shift": list(cfg.lr_shift),
         "learning_rates": [2.0 ** -s for s in cfg.lr_shift],
         "seconds": round(seconds, 2),
@@ -306,9 +338,9 @@ def study(dataset="mnist5k", epochs=10, quick=False, sweep=True, quiet=False):
     results, alignments = [], []
     plan = [
         ((128,), ["bp", "dfa", "sparse-dfa-k1", "sparse-dfa-k2"],
-         ["bp", "dfa", "dfa-delta-s3.12", "sparse-dfa-k1"]),
+         ["bp", "dfa", "sparse-dfa-k1"]),
         ((256, 128, 64), ["bp", "dfa", "sparse-dfa-k1", "sparse-dfa-k2", "hybrid"],
-         ["bp", "dfa", "dfa-delta-s3.12", "sparse-dfa-k1"]),
+         ["bp", "dfa", "sparse-dfa-k1", "hybrid"]),
     ]
     t_start = time.perf_counter()
     for hidden, float_methods, fixed_methods in plan:
@@ -357,8 +389,10 @@ def study(dataset="mnist5k", epochs=10, quick=False, sweep=True, quiet=False):
         "fixed_arithmetic": "bit-exact golden model (dfa_engine.sim.golden.GoldenModel)",
         "hyperparameters": {"-".join(map(str, k)): {m: list(v) for m, v in hp.items()}
                             for k, hp in HYPERPARAMETERS.items()},
+        "activations": {"-".join(map(str, k)): dict(a) for k, a in ACTIVATION.items()},
+        "dense_feedback_format": DENSE_FEEDBACK_FORMAT,
         "hyperparameter_selection": "benchmarks/study_tuning.py: validation split (last 1000 training "
-                                    "samples), same lr grid for every method",
+                                    "samples), same lr grid and activations (relu, hardtanh) for every method",
         "seconds": round(time.perf_counter() - t_start, 1),
         "results": results,
         "bitwidth_sweep": sweep_rows,
@@ -368,10 +402,10 @@ def study(dataset="mnist5k", epochs=10, quick=False, sweep=True, quiet=False):
 # ---- output -----------------------------------------------------------------------------------
 
 def format_table(report) -> str:
-    rows = [("network", "method", "arith", "test acc", "best", "DFA share", "bwd MACs/BP", "fb bits",
+    rows = [("network", "method", "arith", "act", "test acc", "best", "DFA share", "bwd MACs/BP", "fb bits",
              "lr shifts")]
     for r in report["results"]:
-        rows.append((r["network"], METHOD_LABELS.get(r["method"], r["method"]), r["arithmetic"],
+        rows.append((r["network"], METHOD_LABELS.get(r["method"], r["method"]), r["arithmetic"], r["activation"],
                      f"{r['test_accuracy']:.4f}" + (" (diverged)" if r["diverged"] else ""),
                      f"{r['best_test_accuracy']:.4f}", f"{r['dfa_share']:.2f}",
                      f"{r['backward_macs_vs_bp']:.4f}", str(r["feedback_storage_bits"]),

@@ -26,14 +26,14 @@ def test_default_loads():
     cfg = default_config()
     assert isinstance(cfg, EngineConfig)
     assert cfg.layers == (784, 128, 10)
-    assert cfg.activation == "relu" and cfg.methods == ("dfa",)
+    assert cfg.activation == "hardtanh" and cfg.methods == ("dfa",)
     f = cfg.formats
     assert [str(getattr(f, n)) for n in ("input", "weight", "bias", "activation", "error", "feedback",
                                          "delta", "update", "learning_rate")] == [
         "u0.8", "s1.14", "s1.14", "s5.10", "s1.14", "s1.6", "s1.14", "s1.14", "u0.16"]
     assert f.accumulator is None
     assert (cfg.rounding_forward, cfg.rounding_backward, cfg.rounding_update) == ("nearest",) * 3
-    assert cfg.lr_shift == (7, 7) and cfg.lr_multiplier is None
+    assert cfg.lr_shift == (6, 6) and cfg.lr_multiplier is None
     assert (cfg.epochs, cfg.seed) == (10, 0)
     assert cfg.feedback == FeedbackConfig("sparse", 1, "pm1", 0, "table", 1)
     assert (cfg.softmax_table_frac_bits, cfg.softmax_table_size) == (4, 128)

@@ -190,7 +190,7 @@ def test_float_reference_tracks_golden_model(kind):
 
     fb = (FeedbackConfig(kind="dense", values="fixed", seed=1) if kind == "dense"
           else FeedbackConfig(kind="sparse", k=1, values="pm1", seed=1))
-    cfg = default_config().with_(layers=(64, 32, 10), feedback=fb, lr_shift=(6, 6),
+    cfg = default_config().with_(layers=(64, 32, 10), feedback=fb, lr_shift=(6, 6), activation="relu",
                                  softmax_table_frac_bits=8, softmax_table_size=4096)
     cfg = cfg.with_(formats=replace(cfg.formats, delta=FixedFormat.parse("s3.12")))
     ds = load_dataset("digits")
