@@ -149,6 +149,7 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
 def _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check):
     runner.test(
         hdl_toplevel="tb_harness",
+        hdl_toplevel_lang="verilog",   # needed when the build was cached by an earlier process
         test_module="dfa_engine.sim.cocotb_engine",
         build_dir=build_dir,
         test_dir=run_dir,
