@@ -23,6 +23,7 @@ a sample arriving during a weight load waits (backpressure) and nothing is lost.
 
 from __future__ import annotations
 
+import numpy as np
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -117,37 +118,29 @@ class Engine(wiring.Component):
         Win = [_ceil_div(n[l], P) for l in range(L)]            # input words per layer
 
         # ---- memories ------------------------------------------------------------
-        def words_of(values, width_fmt, count_words):
-            out = []
-            for g in range(count_words):
-                word = 0
-                for p in range(P):
-                    idx = g * P + p
-                    v = int(values[idx]) if idx < len(values) else 0
-                    word |= (v & ((1 << width_fmt) - 1)) << (p * width_fmt)
-                out.append(word)
-            return out
+        def lane_words(M, width):
+            """Memory words of matrix ``M`` (rows = neurons): word ``g * cols + c`` holds
+            ``M[g * P + p, c]`` in lane ``p``; rows past the end are zero."""
+            M = np.asarray(M).reshape(len(M), -1)
+            rows, cols = M.shape
+            mask = (1 << width) - 1
+            words = []
+            for g_ in range(_ceil_div(rows, P)):
+                for c in range(cols):
+                    word = 0
+                    for p in range(min(P, rows - g_ * P)):
+                        word |= (int(M[g_ * P + p, c]) & mask) << (p * width)
+                    words.append(word)
+            return words
 
         wW, bW = f.weight.width, f.bias.width
         W_mem, b_mem = [], []
         for l, (W, b) in enumerate(self._params):
-            init = []
-            for g in range(G[l]):
-                for j in range(n[l]):
-                    init.extend([0])
-                    word = 0
-                    for p in range(P):
-                        i = g * P + p
-                        v = int(W[i, j]) if i < n[l + 1] else 0
-                        word |= (v & ((1 << wW) - 1)) << (p * wW)
-                    init[-1] = word
-            if not self._init_parameters:
-                init = []
-            mem = memory.Memory(shape=unsigned(P * wW), depth=G[l] * n[l], init=init)
+            init = self._init_parameters
+            mem = memory.Memory(shape=unsigned(P * wW), depth=G[l] * n[l], init=lane_words(W, wW) if init else [])
             m.submodules[f"W{l + 1}"] = mem
             W_mem.append(mem)
-            bmem = memory.Memory(shape=unsigned(P * bW), depth=G[l],
-                                 init=words_of(b, bW, G[l]) if self._init_parameters else [])
+            bmem = memory.Memory(shape=unsigned(P * bW), depth=G[l], init=lane_words(b, bW) if init else [])
             m.submodules[f"b{l + 1}"] = bmem
             b_mem.append(bmem)
 
@@ -198,17 +191,8 @@ class Engine(wiring.Component):
             for l in range(L - 1):
                 if cfg.methods[l] != "dfa":
                     continue
-                B = feedback_matrix(cfg, l)
-                init = []
-                for g_ in range(G[l]):
-                    for c in range(C):
-                        word = 0
-                        for p in range(P):
-                            i = g_ * P + p
-                            v = int(B[i, c]) if i < n[l + 1] else 0
-                            word |= (v & ((1 << fw) - 1)) << (p * fw)
-                        init.append(word)
-                fb_mem[l] = memory.Memory(shape=unsigned(P * fw), depth=G[l] * C, init=init)
+                fb_mem[l] = memory.Memory(shape=unsigned(P * fw), depth=G[l] * C,
+                                          init=lane_words(feedback_matrix(cfg, l), fw))
                 m.submodules[f"fb{l + 1}"] = fb_mem[l]
 
         # ports (every memory: one read port, one write port; users are multiplexed)
