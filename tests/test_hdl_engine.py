@@ -97,3 +97,68 @@ def test_host_port_writes_reads_and_refuses():
     W2 = golden.W[1].copy()
     W2[3, 4] = -1234
     assert np.array_equal(params[1][0], W2)
+
+
+def test_sample_arriving_during_weight_load_waits_and_is_trained_once():
+    """A host write and a sample presented in the same cycle: the write goes first (the
+    sample stream is held by backpressure, nothing lost), then the sample trains once."""
+    from amaranth.sim import Simulator
+
+    from dfa_engine.hdl.engine import Engine
+
+    cfg = config_from_dict(CONFIGS["dfa-k2-P2"])
+    dut = Engine(cfg)
+    rng = np.random.default_rng(9)
+    x = rng.integers(0, 256, size=6)
+    label = 2
+    addr = host_address(cfg, "weight", 0, 1, 3)
+    log = {}
+
+    async def bench(ctx):
+        ctx.set(dut.host_req.payload, {"address": addr, "write": 1, "data": 4321})
+        ctx.set(dut.host_req.valid, 1)
+        ctx.set(dut.sample.payload, {"data": int(x[0]), "label": label, "train": 1})
+        ctx.set(dut.sample.valid, 1)
+        ctx.set(dut.host_resp.ready, 1)
+        ctx.set(dut.result.ready, 1)
+        cycle = 0
+        j = 0
+        while "result" not in log:
+            if ctx.get(dut.host_req.valid) and ctx.get(dut.host_req.ready):
+                log["host_accepted"] = cycle
+            if ctx.get(dut.sample.valid) and ctx.get(dut.sample.ready) and "first_sample" not in log:
+                log["first_sample"] = cycle
+            host_done = ctx.get(dut.host_req.valid) and ctx.get(dut.host_req.ready)
+            sample_moved = ctx.get(dut.sample.valid) and ctx.get(dut.sample.ready)
+            if ctx.get(dut.result.valid):
+                log["result"] = int(ctx.get(dut.result.payload.trained))
+            await ctx.tick()
+            cycle += 1
+            if host_done:
+                ctx.set(dut.host_req.valid, 0)
+            if sample_moved:
+                j += 1
+                if j < len(x):
+                    ctx.set(dut.sample.payload, {"data": int(x[j]), "label": label, "train": 1})
+                else:
+                    ctx.set(dut.sample.valid, 0)
+        ctx.set(dut.host_req.payload, {"address": addr, "write": 0, "data": 0})
+        ctx.set(dut.host_req.valid, 1)
+        await ctx.tick().until(dut.host_req.ready)
+        ctx.set(dut.host_req.valid, 0)
+        (resp,) = await ctx.tick().sample(dut.host_resp.payload).until(dut.host_resp.valid)
+        log["w_after"] = int(resp.data)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert log["host_accepted"] < log["first_sample"]
+    assert log["result"] == 1
+    from dfa_engine.feedback import initial_parameters
+
+    params = initial_parameters(cfg)
+    params[0][0][1, 3] = 4321      # the host write, applied before the sample
+    golden = GoldenModel(cfg, params=params)
+    golden.train_step(x, label)
+    assert log["w_after"] == golden.W[0][1, 3]
