@@ -22,7 +22,7 @@ __all__ = ["FixedFormat", "ROUNDING_MODES", "shift_round", "saturate", "requanti
 #: Rounding modes, see ``docs/numerics.md`` section "Rounding".
 ROUNDING_MODES = ("trunc", "nearest", "stochastic")
 
-_FORMAT_RE = re.compile(r"^([su])(\d+)\.(\d+)$")
+_FORMAT_RE = re.compile(r"^([su])([0-9]+)\.([0-9]+)$")
 
 
 @dataclass(frozen=True)

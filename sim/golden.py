@@ -54,6 +54,8 @@ class GoldenModel:
                 raise ValueError(f"layer {l + 1}: W must be {shape} and b {shape[:1]}, not {W.shape}, {b.shape}")
             if W.min(initial=0) < f.weight.min_raw or W.max(initial=0) > f.weight.max_raw:
                 raise ValueError(f"layer {l + 1}: weights outside {f.weight}")
+            if b.min(initial=0) < f.bias.min_raw or b.max(initial=0) > f.bias.max_raw:
+                raise ValueError(f"layer {l + 1}: biases outside {f.bias}")
         self._Wf = [W.astype(np.float64) for W in self.W]
         self.B = [feedback_matrix(cfg, l) if m == "dfa" else None for l, m in enumerate(cfg.methods)]
         self._Bf = [None if B is None else B.astype(np.float64) for B in self.B]

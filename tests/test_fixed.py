@@ -287,3 +287,9 @@ def test_requantize_order_matters():
     stats = {}
     assert int(requantize(120, 6, f, "nearest", stats=stats, name="q")) == 7
     assert stats == {"q": 1}
+
+
+def test_parse_rejects_non_ascii_digits():
+    # "\u0663" is ARABIC-INDIC DIGIT THREE: int() would accept it, a format must not.
+    with pytest.raises(ValueError, match="is not a format"):
+        FixedFormat.parse("s\u0663.4")
