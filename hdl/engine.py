@@ -255,7 +255,7 @@ class Engine(wiring.Component):
         e_regs = Array(Signal(f.error.amaranth_shape(), name=f"e{c}") for c in range(C))
         prediction = Signal(_bits(C))
         counters = {name: Signal(32, name=f"count_{name}") for name in COUNTERS}
-        sat_inc = []  # (condition-free) increments added to the saturation counter each cycle
+        sat_inc = []  # per-cycle saturation counts of every unit, summed into one counter
 
         # Stage-2 pipeline registers of the streaming passes (address issued at stage 1,
         # memory data valid at stage 2).
