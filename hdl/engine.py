@@ -574,6 +574,14 @@ class Engine(wiring.Component):
         m.d.sync += counters["saturation_events"].eq(counters["saturation_events"] + sat_total + e_sat)
 
         # ---- issuing counters for streaming passes -------------------------------------
+        def next_column():
+            """j += 1, keeping (jw, jl) = (j // P, j % P) without a divider."""
+            m.d.sync += j.eq(j + 1)
+            with m.If(jl == P - 1):
+                m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
+            with m.Else():
+                m.d.sync += jl.eq(jl + 1)
+
         def step_columns(n_in, last_group, done_state):
             """Advance (g, j) over groups x columns; issue stage 2."""
             m.d.sync += [s2_valid.eq(1), s2_first.eq(j == 0), s2_last.eq(j == n_in - 1),
@@ -585,11 +593,7 @@ class Engine(wiring.Component):
                 with m.Else():
                     m.d.sync += g.eq(g + 1)
             with m.Else():
-                m.d.sync += j.eq(j + 1)
-                with m.If(jl == P - 1):
-                    m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
-                with m.Else():
-                    m.d.sync += jl.eq(jl + 1)
+                next_column()
 
         drain = Signal(range(8))
         label_ok = Signal()
@@ -614,11 +618,7 @@ class Engine(wiring.Component):
                                      counters["samples_received"].eq(counters["samples_received"] + 1)]
                         m.next = "FWD"
                     with m.Else():
-                        m.d.sync += j.eq(j + 1)
-                        with m.If(jl == P - 1):
-                            m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
-                        with m.Else():
-                            m.d.sync += jl.eq(jl + 1)
+                        next_column()
             with m.State("FWD"):
                 m.d.comb += fwd_active.eq(1)
                 with m.Switch(layer):
@@ -717,11 +717,7 @@ class Engine(wiring.Component):
                                 with m.If(j == n[l + 1] - 1):
                                     m.next = "DELTA_BP_DRAIN"
                                 with m.Else():
-                                    m.d.sync += j.eq(j + 1)
-                                    with m.If(jl == P - 1):
-                                        m.d.sync += [jl.eq(0), jw.eq(jw + 1)]
-                                    with m.Else():
-                                        m.d.sync += jl.eq(jl + 1)
+                                    next_column()
                             with m.Else():
                                 m.d.sync += g.eq(g + 1)
                 m.d.sync += drain.eq(0)
