@@ -39,8 +39,21 @@ def verilator_bin_dir() -> Path:
 
 
 def _config_key(cfg: EngineConfig, max_samples: int) -> str:
-    text = json.dumps(cfg.to_dict(), sort_keys=True) + f"/{max_samples}/v3"
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    """Build-cache key: the configuration, the harness capacity, and the source of every
+    module that shapes the generated Verilog or the harness (so an edit rebuilds)."""
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode() + f"/{max_samples}".encode())
+    import dfa_engine
+    import dfa_engine.gen
+    import dfa_engine.hdl
+
+    sources = [Path(__file__), Path(__file__).with_name("harness.py")]
+    for package in (dfa_engine.hdl, dfa_engine.gen):
+        sources += sorted(Path(package.__file__).parent.glob("*.py"))
+    core = Path(dfa_engine.__file__).parent
+    sources += [core / name for name in ("feedback.py", "lfsr.py", "tables.py", "fixed.py", "config.py")]
+    for path in sources:
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def build_engine(cfg: EngineConfig, max_samples: int = 512):
