@@ -59,11 +59,11 @@ module tb_harness;
   localparam MAXS = {max_samples};
   localparam NDUMP = {n_dump};
   localparam NPRE = {n_pre};
-  reg clk = 1'b0;
+  reg clk /*verilator public_flat_rw*/ = 1'b0;
   always #5 clk = ~clk;
-  reg rst = 1'b1;
-  reg start = 1'b0;
-  reg done = 1'b0;
+  reg rst /*verilator public_flat_rw*/ = 1'b1;
+  reg start /*verilator public_flat_rw*/ = 1'b0;
+  reg done /*verilator public_flat_rw*/ = 1'b0;
   integer n_samples = 0;
   integer idle_permille = 0;
   integer bp_permille = 0;
@@ -78,8 +78,7 @@ module tb_harness;
   integer p_idx = 0;
   integer p_got = 0;
   reg [1023:0] out_prefix;
-  reg [63:0] cycles = 0;
-  reg [63:0] busy_cycles = 0;
+  reg [63:0] cycles /*verilator public_flat_rw*/ = 0;
 
   // engine ports
   reg sample_valid = 1'b0;
@@ -115,8 +114,8 @@ module tb_harness;
   reg dumping = 1'b0;
   reg [31:0] r;
   // results seen: an event per sample for the cocotb scoreboard
-  reg result_strobe = 1'b0;
-  reg [{w['result'] - 1}:0] last_result = 0;
+  reg result_strobe /*verilator public_flat_rw*/ = 1'b0;
+  reg [{w['result'] - 1}:0] last_result /*verilator public_flat_rw*/ = 0;
 
   always @(posedge clk) begin
     if (start && !done) begin
