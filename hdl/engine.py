@@ -235,12 +235,11 @@ class Engine(wiring.Component):
                                    bias_shape=signed(2))
                 m.submodules[f"dense{l + 1}"] = dmac[l]
                 m.d.comb += dmac[l].o.ready.eq(1)
-        upd = [UpdateLanes(cfg, P, l) for l in range(L)]
-        upd_b = [UpdateLanes(cfg, P, l, for_bias=True) for l in range(L)]
-        for l in range(L):
-            m.submodules[f"upd{l + 1}"] = upd[l]
-            m.submodules[f"updb{l + 1}"] = upd_b[l]
-            m.d.comb += [upd[l].o.ready.eq(1), upd_b[l].o.ready.eq(1)]
+        # One weight and one bias update unit, shared by the layers (they update in turn).
+        all_layers = tuple(range(L))
+        m.submodules.upd = upd = UpdateLanes(cfg, P, all_layers)
+        m.submodules.updb = upd_b = UpdateLanes(cfg, P, all_layers, for_bias=True)
+        m.d.comb += [upd.o.ready.eq(1), upd_b.o.ready.eq(1)]
 
         # ---- state -------------------------------------------------------------------
         layer = Signal(range(max(L, 2)))
@@ -339,11 +338,23 @@ class Engine(wiring.Component):
         # MAC results: requantize, activation, write h/mask or logits
         res_g = Signal.like(g)
         res_layer = Signal.like(layer)
+        # One set of P requantizers for every layer: each layer's accumulator is first
+        # aligned to the largest fraction (an exact left shift), which leaves the rounded
+        # value unchanged (docs/numerics.md: floor((x 2^k + 2^(s+k-1)) / 2^(s+k)) = the
+        # per-layer rounding).
+        fwd_fracs = [cfg.accumulator_frac(l) for l in range(L)]
+        fwd_frac = max(fwd_fracs)
+        fwd_width = acc_width + fwd_frac - min(fwd_fracs)
+        rq = [Requantize(fwd_width, fwd_frac, f.activation, cfg.rounding_forward) for _ in range(P)]
+        for p in range(P):
+            m.submodules[f"rq_fwd{p}"] = rq[p]
+            aligned = Signal(signed(fwd_width), name=f"fwd_aligned{p}")
+            with m.Switch(res_layer):
+                for l in range(L):
+                    with m.Case(l):
+                        m.d.comb += aligned.eq(mac.o.payload[p] << (fwd_frac - fwd_fracs[l]))
+            m.d.comb += rq[p].i.eq(aligned)
         for l in range(L):
-            rq = [Requantize(acc_width, cfg.accumulator_frac(l), f.activation, cfg.rounding_forward) for _ in range(P)]
-            for p in range(P):
-                m.submodules[f"rq_fwd{l + 1}_{p}"] = rq[p]
-                m.d.comb += rq[p].i.eq(mac.o.payload[p])
             active_here = mac.o.valid & (res_layer == l)
             nsat = Signal(range(P + 1), name=f"fwd_sat{l + 1}")
             terms = [rq[p].saturated & ((res_g * P + p) < n[l + 1]) for p in range(P)]
@@ -539,30 +550,38 @@ class Engine(wiring.Component):
 
         # ---- UPDATE -------------------------------------------------------------------
         upd_active = Signal()
+        u, ub = upd, upd_b
+        sel = s2_valid & upd_active
+        m.d.comb += [u.i.valid.eq(sel), u.i.payload.h.eq(x_sel), u.i.payload.layer.eq(s2_layer),
+                     ub.i.valid.eq(sel & s2_first), ub.i.payload.layer.eq(s2_layer)]
+        with m.Switch(s2_layer):
+            for l in range(L):
+                with m.Case(l):
+                    wl = lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape())
+                    dl = lanes_of(d_rd[l].data, dw, f.delta.amaranth_shape())
+                    bl = lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())
+                    for p in range(P):
+                        m.d.comb += [u.i.payload.w[p].eq(wl[p]), u.i.payload.delta[p].eq(dl[p]),
+                                     ub.i.payload.w[p].eq(bl[p]), ub.i.payload.delta[p].eq(dl[p])]
+        out_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1), name="upd_addr")
+        out_g = Signal.like(g, name="upd_g")
+        out_layer = Signal.like(layer, name="upd_layer")
+        with m.If(sel):
+            m.d.sync += [out_g.eq(s2_g), out_layer.eq(s2_layer)]
+            with m.Switch(s2_layer):
+                for l in range(L):
+                    with m.Case(l):
+                        m.d.sync += out_addr.eq(s2_g * n[l] + s2_j)
         for l in range(L):
-            u, ub = upd[l], upd_b[l]
-            sel = s2_valid & upd_active & (s2_layer == l)
-            wl = lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape())
-            dl = lanes_of(d_rd[l].data, dw, f.delta.amaranth_shape())
-            bl = lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())
-            m.d.comb += [u.i.valid.eq(sel), u.i.payload.h.eq(x_sel)]
-            for p in range(P):
-                m.d.comb += [u.i.payload.w[p].eq(wl[p]), u.i.payload.delta[p].eq(dl[p]),
-                             ub.i.payload.w[p].eq(bl[p]), ub.i.payload.delta[p].eq(dl[p])]
-            m.d.comb += [ub.i.valid.eq(sel & s2_first), ub.i.payload.h.eq(1)]
-            out_addr = Signal(range(G[l] * n[l] + 1), name=f"upd_addr{l + 1}")
-            out_g = Signal.like(g, name=f"upd_g{l + 1}")
-            with m.If(sel):
-                m.d.sync += [out_addr.eq(s2_g * n[l] + s2_j), out_g.eq(s2_g)]
-            with m.If(u.o.valid):
+            with m.If(u.o.valid & (out_layer == l)):
                 m.d.comb += [W_wr[l].addr.eq(out_addr), W_wr[l].data.eq(u.o.payload.w.as_value()),
                              W_wr[l].en.eq((1 << P) - 1)]
-            with m.If(ub.o.valid):
+            with m.If(ub.o.valid & (out_layer == l)):
                 m.d.comb += [b_wr[l].addr.eq(out_g), b_wr[l].data.eq(ub.o.payload.w.as_value()),
                              b_wr[l].en.eq((1 << P) - 1)]
-            # saturation of padding lanes cannot happen: their delta is 0, so dW = 0.
-            sat_inc.append(Mux(u.o.valid, u.o.payload.sat_update + u.o.payload.sat_weight, 0))
-            sat_inc.append(Mux(ub.o.valid, ub.o.payload.sat_update + ub.o.payload.sat_weight, 0))
+        # saturation of padding lanes cannot happen: their delta is 0, so dW = 0.
+        sat_inc.append(Mux(u.o.valid, u.o.payload.sat_update + u.o.payload.sat_weight, 0))
+        sat_inc.append(Mux(ub.o.valid, ub.o.payload.sat_update + ub.o.payload.sat_weight, 0))
 
         # ---- saturation counter -------------------------------------------------------
         sat_total = Signal(16)

@@ -9,7 +9,7 @@ lane's ``delta`` is held for the whole row group. The same unit updates biases w
 
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,31 +23,48 @@ __all__ = ["UpdateLanes"]
 
 class UpdateLanes(wiring.Component):
     """Parameters: ``cfg``, ``lanes``, ``layer`` (0-based; picks the input format and the
-    learning rate), ``for_bias`` (update biases instead of weights).
+    learning rate; a tuple of layers makes one unit shared by those layers, selected per
+    transfer by the payload field ``layer``, an index into the tuple), ``for_bias`` (update
+    biases instead of weights).
 
     Members
     -------
-    i : In(stream.Signature(StructLayout{h, w[P], delta[P], rand[P]?}))
+    i : In(stream.Signature(StructLayout{h?, w[P], delta[P], layer?, rand[P]?}))
+        ``h`` only for weights (a bias unit's input is the constant 1).
         ``rand`` only with stochastic rounding: one LFSR word per lane.
     o : Out(stream.Signature(StructLayout{w[P], sat_update, sat_weight}))
         Registered; ``sat_update``/``sat_weight`` count the lanes whose ``dW`` / new
         weight were clamped (sites ``dW<l>``/``W<l>``, or ``db<l>``/``b<l>``).
     """
 
-    def __init__(self, cfg: EngineConfig, lanes: int, layer: int, for_bias: bool = False):
+    def __init__(self, cfg: EngineConfig, lanes: int, layer, for_bias: bool = False):
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"Lane count must be a positive integer, not {lanes!r}")
-        if not 0 <= layer < cfg.n_layers:
-            raise ValueError(f"Layer must be 0..{cfg.n_layers - 1}, not {layer!r}")
-        self._cfg, self._lanes, self._layer, self._for_bias = cfg, lanes, layer, for_bias
+        shared = not isinstance(layer, int)
+        layers = tuple(layer) if shared else (layer,)
+        if not layers:
+            raise ValueError("Layer list must not be empty")
+        for lyr in layers:
+            if not isinstance(lyr, int) or not 0 <= lyr < cfg.n_layers:
+                raise ValueError(f"Layer must be 0..{cfg.n_layers - 1}, not {lyr!r}")
+        self._cfg, self._lanes, self._layers, self._for_bias = cfg, lanes, layers, for_bias
+        self._shared = shared
         f = cfg.formats
-        self._x_fmt = FixedFormat(False, 1, 0) if for_bias else cfg.in_format(layer)
+        self._x_fmts = [FixedFormat(False, 1, 0) if for_bias else cfg.in_format(lyr) for lyr in layers]
         self._w_fmt = f.bias if for_bias else f.weight
-        fields = {
-            "h": self._x_fmt.amaranth_shape() if not for_bias else 1,
-            "w": data.ArrayLayout(self._w_fmt.amaranth_shape(), lanes),
-            "delta": data.ArrayLayout(f.delta.amaranth_shape(), lanes),
-        }
+        fields = {}
+        if not for_bias:
+            # one shape that holds every layer's raw input (signed if any is signed); a
+            # bias unit has no h port: its input is the constant 1 (a constant driven into
+            # a payload bit from outside becomes an `always @*` with no sensitivity in
+            # Amaranth's Verilog, which event-driven simulators never run).
+            sgn = any(x.signed for x in self._x_fmts)
+            width = max(x.width + (1 if sgn and not x.signed else 0) for x in self._x_fmts)
+            fields["h"] = signed(width) if sgn else unsigned(width)
+        fields["w"] = data.ArrayLayout(self._w_fmt.amaranth_shape(), lanes)
+        fields["delta"] = data.ArrayLayout(f.delta.amaranth_shape(), lanes)
+        if shared:
+            fields["layer"] = range(len(layers))
         if cfg.rounding_update == "stochastic":
             fields["rand"] = data.ArrayLayout(32, lanes)
         count = max(1, lanes.bit_length())
@@ -61,30 +78,58 @@ class UpdateLanes(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg, f = self._cfg, self._cfg.formats
-        if cfg.lr_multiplier is None:
-            lr_raw, lr_frac, lr_width = 1, cfg.lr_shift[self._layer], 1
-        else:
-            lr_raw = int(f.learning_rate.from_float(cfg.lr_multiplier))
-            lr_frac, lr_width = f.learning_rate.frac_bits, f.learning_rate.width
-        x_fmt, w_fmt = self._x_fmt, self._w_fmt
+        w_fmt = self._w_fmt
         # dW is in the weight's (or bias's) fraction bits and clamped to the update
         # format's range (for biases: the bias format).
         d_fmt = w_fmt if self._for_bias else f.update
-        prod_frac = f.delta.frac_bits + lr_frac + x_fmt.frac_bits
-        prod_width = f.delta.width + x_fmt.width + lr_width + 2
+        # Per layer: the learning rate (a shift, or one multiplier for all layers) and the
+        # fraction bits of the product delta * h * lr.
+        if cfg.lr_multiplier is None:
+            lr_raw, lr_width = 1, 1
+            lr_fracs = [cfg.lr_shift[lyr] for lyr in self._layers]
+        else:
+            lr_raw = int(f.learning_rate.from_float(cfg.lr_multiplier))
+            lr_width = f.learning_rate.width
+            lr_fracs = [f.learning_rate.frac_bits] * len(self._layers)
+        prod_fracs = [f.delta.frac_bits + lr_frac + x.frac_bits for lr_frac, x in zip(lr_fracs, self._x_fmts)]
+        # A unit shared by several layers aligns every layer's product to the largest
+        # fraction (a left shift by k, exact) and rounds once: floor((x 2^k + r 2^k) / 2^(s+k))
+        # = floor((x + r) / 2^s), so the result equals the per-layer rounding bit for bit.
+        frac = max(prod_fracs)
+        aligns = [frac - pf for pf in prod_fracs]
+        h = Const(1, 1) if self._for_bias else self.i.payload.h
+        h_width = len(h)
+        prod_width = f.delta.width + h_width + lr_width + 2
+        aligned_width = prod_width + max(aligns)
         m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
         with m.If(self.o.valid & self.o.ready):
             m.d.sync += self.o.valid.eq(0)
         sat_u, sat_w = [], []
         fire = self.i.valid & self.i.ready
+        sel = self.i.payload.layer if self._shared else 0
         for p in range(self._lanes):
             prod = Signal(signed(prod_width), name=f"prod{p}")
-            m.d.comb += prod.eq(self.i.payload.delta[p] * self.i.payload.h * lr_raw)
-            rq = Requantize(prod_width, prod_frac, d_fmt, cfg.rounding_update)
+            m.d.comb += prod.eq(self.i.payload.delta[p] * h * lr_raw)
+            aligned = Signal(signed(aligned_width), name=f"aligned{p}")
+            rq = Requantize(aligned_width, frac, d_fmt, cfg.rounding_update)
             m.submodules[f"requant{p}"] = rq
-            m.d.comb += rq.i.eq(prod)
+            if max(aligns) == 0:
+                m.d.comb += aligned.eq(prod)
+            else:
+                with m.Switch(sel):
+                    for li, k in enumerate(aligns):
+                        with m.Case(li):
+                            m.d.comb += aligned.eq(prod << k)
+            m.d.comb += rq.i.eq(aligned)
             if cfg.rounding_update == "stochastic":
-                m.d.comb += rq.rand.eq(self.i.payload.rand[p])
+                shifts = [pf - d_fmt.frac_bits for pf in prod_fracs]
+                with m.Switch(sel):
+                    for li, (k, s) in enumerate(zip(aligns, shifts)):
+                        with m.Case(li):
+                            if s > 0:
+                                m.d.comb += rq.rand.eq(self.i.payload.rand[p][:s] << k)
+                            else:
+                                m.d.comb += rq.rand.eq(0)
             diff = Signal(signed(w_fmt.width + 2), name=f"diff{p}")
             m.d.comb += diff.eq(self.i.payload.w[p] - rq.o)
             clamped = Signal(w_fmt.amaranth_shape(), name=f"w_new{p}")

@@ -1,8 +1,11 @@
 """dfa-engine generate: stable Verilog, engine.json, and fail-fast on infeasible configurations."""
 
 import json
+import re
 import subprocess
 import sys
+
+import pytest
 
 from dfa_engine.config import config_from_dict
 from dfa_engine.gen.generate import estimate_cycles
@@ -49,3 +52,20 @@ def test_cycle_estimate_of_default_is_within_target():
     # ideal = (forward + update MACs) / P = 2 * (784*128 + 128*10) / 16
     assert est["ideal_train_sample"] == 2 * (784 * 128 + 128 * 10) / 16
     assert est["train_sample"] <= 1.25 * est["ideal_train_sample"]
+
+
+# An `always @*` whose body only assigns a constant has an empty sensitivity list: an
+# event-driven simulator (Verilator, Icarus) never runs it, so the signal keeps its initial
+# value. Amaranth writes this when a constant drives part of a payload from outside its
+# component; it once silently froze every bias update in Verilator (h = 1 of the bias unit).
+_CONSTANT_ALWAYS = re.compile(r"always @\*\n\s+[^\n;]+ = \d+'[hbd][0-9a-fA-F_]+;\n")
+
+
+@pytest.mark.parametrize("text", [SMALL, SMALL.replace('k = 2', 'kind = "dense"\nvalues = "fixed"'),
+                                  '[network]\nlayers = [6, 5, 4, 3]\nmethods = ["dfa", "bp"]\n[hardware]\nlanes = 2\n'])
+def test_no_constant_only_combinational_block(tmp_path, text):
+    r, out = _generate(tmp_path, "c", text)
+    assert r.returncode == 0, r.stderr
+    verilog = (out / "dfa_engine_top.v").read_text()
+    hits = _CONSTANT_ALWAYS.findall(verilog)
+    assert not hits, hits[:3]
