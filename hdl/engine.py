@@ -322,16 +322,27 @@ class Engine(wiring.Component):
                 with m.Case(l):
                     m.d.comb += x_sel.eq(input_element(l))
 
-        # MAC feed (FWD)
+        # MAC feed (FWD). Whole memory words are multiplexed by layer and assigned to whole
+        # payload fields: per-lane assignments inside a case statement become partial writes
+        # of one wide signal in Verilog, which Verilator simulates several times slower.
         fwd_active = Signal()
-        with m.Switch(s2_layer):
-            for l in range(L):
-                with m.Case(l):
-                    sh = cfg.accumulator_frac(l) - f.bias.frac_bits
-                    blanes = lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())
-                    wl = lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape())
-                    for p in range(P):
-                        m.d.comb += [mac.i.payload.bias[p].eq(blanes[p] << sh), mac.i.payload.w[p].eq(wl[p])]
+        w_word = Signal(P * wW)
+        d_word = Signal(P * dw)
+        b_word = Signal(P * bW)
+        m.d.comb += [w_word.eq(Array(W_rd[l].data for l in range(L))[s2_layer]),
+                     d_word.eq(Array(d_rd[l].data for l in range(L))[s2_layer]),
+                     b_word.eq(Array(b_rd[l].data for l in range(L))[s2_layer])]
+        bias_lane_width = len(mac.i.payload.bias[0])
+        bias_words = []
+        for l in range(L):
+            sh = cfg.accumulator_frac(l) - f.bias.frac_bits
+            aligned_lanes = []
+            for p, lane in enumerate(lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())):
+                al = Signal(signed(bias_lane_width), name=f"bias_al{l + 1}_{p}")
+                m.d.comb += al.eq(lane << sh)
+                aligned_lanes.append(al)
+            bias_words.append(Cat(*aligned_lanes))
+        m.d.comb += [mac.i.payload.w.eq(w_word), mac.i.payload.bias.eq(Array(bias_words)[s2_layer])]
         m.d.comb += [mac.i.valid.eq(s2_valid & fwd_active), mac.i.payload.x.eq(x_sel),
                      mac.i.payload.first.eq(s2_first), mac.i.payload.last.eq(s2_last)]
 
@@ -554,15 +565,8 @@ class Engine(wiring.Component):
         sel = s2_valid & upd_active
         m.d.comb += [u.i.valid.eq(sel), u.i.payload.h.eq(x_sel), u.i.payload.layer.eq(s2_layer),
                      ub.i.valid.eq(sel & s2_first), ub.i.payload.layer.eq(s2_layer)]
-        with m.Switch(s2_layer):
-            for l in range(L):
-                with m.Case(l):
-                    wl = lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape())
-                    dl = lanes_of(d_rd[l].data, dw, f.delta.amaranth_shape())
-                    bl = lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())
-                    for p in range(P):
-                        m.d.comb += [u.i.payload.w[p].eq(wl[p]), u.i.payload.delta[p].eq(dl[p]),
-                                     ub.i.payload.w[p].eq(bl[p]), ub.i.payload.delta[p].eq(dl[p])]
+        m.d.comb += [u.i.payload.w.eq(w_word), u.i.payload.delta.eq(d_word),
+                     ub.i.payload.w.eq(b_word), ub.i.payload.delta.eq(d_word)]
         out_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1), name="upd_addr")
         out_g = Signal.like(g, name="upd_g")
         out_layer = Signal.like(layer, name="upd_layer")
