@@ -510,54 +510,59 @@ class Engine(wiring.Component):
                 dfa_done = dfa_done & (dfa_written[l] == G[l])
 
         # ---- BP: g_j = sum_k W_{l+1}[k, j] delta_{l+1}[k], lanes reduce over k -------
+        # Generated only when a layer uses BP (the P multipliers and the adder tree would
+        # otherwise sit idle in every DFA engine, and cost area and simulation time).
         bp_active = Signal()
-        prod_w = wW + dw
-        bp_acc_w = prod_w + _bits(max(n[1:]) * P + 1) + 2
-        bp_acc = Signal(signed(bp_acc_w))
-        bp_sum = Signal(signed(bp_acc_w))
-        with m.Switch(s2_layer):
-            for l in range(L - 1):
-                with m.Case(l):
-                    wl = lanes_of(W_rd[l + 1].data, wW, f.weight.amaranth_shape())
-                    dl = lanes_of(d_rd[l + 1].data, dw, f.delta.amaranth_shape())
-                    total = wl[0] * dl[0]
-                    for p in range(1, P):
-                        total = total + wl[p] * dl[p]
-                    m.d.comb += bp_sum.eq(total)
-        bp_rq = Requantize(bp_acc_w, f.weight.frac_bits + f.delta.frac_bits, f.delta, cfg.rounding_backward)
-        m.submodules.bp_rq = bp_rq
-        bp_full = Signal(signed(bp_acc_w))
-        m.d.comb += [bp_full.eq(Mux(s2_first, 0, bp_acc) + bp_sum), bp_rq.i.eq(bp_full)]
-        # result written one stage later (mask read alongside)
-        bp_w_valid = Signal()
-        bp_w_val = Signal(f.delta.amaranth_shape())
-        bp_w_lane = Signal(range(P + 1))
-        bp_w_word = Signal.like(jw)
         bp_w_layer = Signal.like(layer)
-        m.d.sync += bp_w_valid.eq(0)
         s2_word = Signal.like(jw)
-        with m.If(s2_valid & bp_active):
-            m.d.sync += bp_acc.eq(bp_full)
-            with m.If(s2_last):
-                m.d.sync += [bp_w_valid.eq(1), bp_w_val.eq(bp_rq.o), bp_w_lane.eq(s2_lane),
-                             bp_w_word.eq(s2_word), bp_w_layer.eq(s2_layer)]
-        bp_sat = Signal()
-        m.d.comb += bp_sat.eq(s2_valid & bp_active & s2_last & bp_rq.saturated)
-        sat_inc.append(bp_sat)
-        # the mask word of the BP layer is read at the word being written
-        bp_mask_bit = Signal()
-        with m.Switch(bp_w_layer):
-            for l in range(L - 1):
-                with m.Case(l):
-                    m.d.comb += bp_mask_bit.eq(Array(mask_rd[l].data[p] for p in range(P))[bp_w_lane])
-        with m.If(bp_w_valid):
+        if any(method == "bp" for method in cfg.methods):
+            prod_w = wW + dw
+            bp_acc_w = prod_w + _bits(max(n[1:]) * P + 1) + 2
+            bp_acc = Signal(signed(bp_acc_w))
+            bp_sum = Signal(signed(bp_acc_w))
+            with m.Switch(s2_layer):
+                for l in range(L - 1):
+                    if cfg.methods[l] != "bp":
+                        continue
+                    with m.Case(l):
+                        wl = lanes_of(W_rd[l + 1].data, wW, f.weight.amaranth_shape())
+                        dl = lanes_of(d_rd[l + 1].data, dw, f.delta.amaranth_shape())
+                        total = wl[0] * dl[0]
+                        for p in range(1, P):
+                            total = total + wl[p] * dl[p]
+                        m.d.comb += bp_sum.eq(total)
+            bp_rq = Requantize(bp_acc_w, f.weight.frac_bits + f.delta.frac_bits, f.delta, cfg.rounding_backward)
+            m.submodules.bp_rq = bp_rq
+            bp_full = Signal(signed(bp_acc_w))
+            m.d.comb += [bp_full.eq(Mux(s2_first, 0, bp_acc) + bp_sum), bp_rq.i.eq(bp_full)]
+            # result written one stage later (mask read alongside)
+            bp_w_valid = Signal()
+            bp_w_val = Signal(f.delta.amaranth_shape())
+            bp_w_lane = Signal(range(P + 1))
+            bp_w_word = Signal.like(jw)
+            m.d.sync += bp_w_valid.eq(0)
+            with m.If(s2_valid & bp_active):
+                m.d.sync += bp_acc.eq(bp_full)
+                with m.If(s2_last):
+                    m.d.sync += [bp_w_valid.eq(1), bp_w_val.eq(bp_rq.o), bp_w_lane.eq(s2_lane),
+                                 bp_w_word.eq(s2_word), bp_w_layer.eq(s2_layer)]
+            bp_sat = Signal()
+            m.d.comb += bp_sat.eq(s2_valid & bp_active & s2_last & bp_rq.saturated)
+            sat_inc.append(bp_sat)
+            # the mask word of the BP layer is read at the word being written
+            bp_mask_bit = Signal()
             with m.Switch(bp_w_layer):
                 for l in range(L - 1):
                     with m.Case(l):
-                        val = Mux(bp_mask_bit, bp_w_val, 0)
-                        m.d.comb += [d_wr[l].addr.eq(bp_w_word),
-                                     d_wr[l].data.eq(val.as_unsigned()[:dw].replicate(P)),
-                                     d_wr[l].en.eq(Array(Const(1 << p, P) for p in range(P))[bp_w_lane])]
+                        m.d.comb += bp_mask_bit.eq(Array(mask_rd[l].data[p] for p in range(P))[bp_w_lane])
+            with m.If(bp_w_valid):
+                with m.Switch(bp_w_layer):
+                    for l in range(L - 1):
+                        with m.Case(l):
+                            val = Mux(bp_mask_bit, bp_w_val, 0)
+                            m.d.comb += [d_wr[l].addr.eq(bp_w_word),
+                                         d_wr[l].data.eq(val.as_unsigned()[:dw].replicate(P)),
+                                         d_wr[l].en.eq(Array(Const(1 << p, P) for p in range(P))[bp_w_lane])]
 
         # ---- UPDATE -------------------------------------------------------------------
         upd_active = Signal()
