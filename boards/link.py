@@ -1,0 +1,323 @@
+"""The host link: framed bytes from the host in, the engine's four streams out, and back.
+
+A byte stream pair (a UART's, ``boards/uart.py``) carries HDLC-style frames
+(``docs/host_link.md``; every code and offset comes from :mod:`dfa_engine.link_format`,
+the same module the Python host uses). This block checks each frame and runs it on an
+:class:`~dfa_engine.hdl.engine.Engine` through the engine's own streams:
+
+``SAMPLE``  buffered whole, then streamed to ``engine.sample``; the ``engine.result`` transfer
+            becomes a RESULT frame;
+``WRITE``, ``READ``  one ``engine.host_req`` transfer; the ``engine.host_resp`` transfer becomes
+            a WRITE_ACK or READ_RESP frame;
+``STATUS``  answered here with the link counters.
+
+Why a SAMPLE is buffered: the engine starts training on the first value it is given, and
+a sample cannot be taken back. Only a frame whose CRC, type and length are all right may
+reach the engine, so the ``n_0`` values wait in a memory until the closing flag has been
+checked. The buffer (and every field register) is written while the frame arrives and read
+only after it was accepted; a bad frame only leaves stale contents that the next good
+frame of the same type overwrites completely, because its length is checked. That is what
+makes a bad frame harmless to the next good one.
+
+Flow control is stop and wait: the host sends a frame, then waits for its response. While
+a frame executes, ``rx.ready`` is low. A byte stream that can wait (a FIFO, a testbench)
+just waits; a UART cannot, and a host that broke stop and wait would overrun the UART
+receiver, whose ``overrun`` strobe (``rx_error``) spoils the frame that was arriving so
+that it is counted and dropped rather than executed with a missing byte.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import data, memory, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from dfa_engine.config import EngineConfig
+from dfa_engine.link_format import (
+    CRC_BYTES, CRC_INIT, CRC_POLY, ESCAPE, ESCAPE_XOR, FLAG, HEADER_BYTES, LINK_COUNTERS, READ, READ_RESP,
+    RESPONSE_ERROR, RESULT, RESULT_REJECTED, RESULT_TRAINED, SAMPLE, SAMPLE_TRAIN, STATUS, STATUS_RESP,
+    TO_BOARD, TO_HOST, WRITE, WRITE_ACK, LinkFormat, engine_signature,
+)
+
+__all__ = ["HostLink", "crc16_step"]
+
+
+def crc16_step(crc, byte):
+    """CRC-16/CCITT-FALSE register after one more byte, as combinational logic (MSB first)."""
+    for k in range(7, -1, -1):
+        shifted = (crc << 1)[:16]
+        crc = Mux(crc[15] ^ byte[k], shifted ^ CRC_POLY, shifted)
+    return crc
+
+
+class HostLink(wiring.Component):
+    """Frame receiver, executor and transmitter between a byte stream pair and an engine.
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+        The engine's configuration: it fixes the fields' widths (:class:`LinkFormat`).
+
+    Members
+    -------
+    rx : In(stream.Signature(8))
+        Bytes from the host (``UARTRx.o``). Not ready while a frame executes.
+    rx_error : In(1)
+        Strobe: the line lost a byte (``UARTRx.framing_error | UARTRx.overrun``). The frame
+        being received, if any, is counted as ``bad_frame`` and dropped.
+    tx : Out(stream.Signature(8))
+        Bytes to the host (``UARTTx.i``).
+    engine : In(engine_signature(cfg))
+        The engine's four streams, flipped: ``wiring.connect(m, link.engine, engine)``.
+    counters : Out(StructLayout{frames_ok, bad_crc, bad_frame, bytes_dropped: 32 each})
+        The link counters (``docs/host_link.md``), also sent in STATUS_RESP. They wrap.
+    """
+
+    def __init__(self, cfg: EngineConfig):
+        self._fmt = LinkFormat(cfg)
+        super().__init__({
+            "rx": In(stream.Signature(8)),
+            "rx_error": In(1),
+            "tx": Out(stream.Signature(8)),
+            "engine": In(engine_signature(cfg)),
+            "counters": Out(data.StructLayout({name: 32 for name in LINK_COUNTERS})),
+        })
+
+    @property
+    def format(self):
+        return self._fmt
+
+    def elaborate(self, platform):
+        m = Module()
+        fmt = self._fmt
+        eng = self.engine
+        cnt = self.counters
+        max_frame = fmt.max_frame(TO_BOARD)
+        n0, ib = fmt.n_inputs, fmt.input_bytes
+        x_field = fmt.field(SAMPLE, "x")
+        # Scalar payload bytes (all but the sample's values) are kept in one register.
+        scal_bytes = max(x_field.offset, *(fmt.payload_length(t) for t in (WRITE, READ, STATUS)))
+        resp_bytes = HEADER_BYTES + fmt.max_payload(TO_HOST)
+
+        # ---- receiver -----------------------------------------------------------------
+        hunting = Signal(init=1)           # dropping bytes until a FLAG
+        escape = Signal()                  # the last byte was ESCAPE
+        poisoned = Signal()                # the line lost a byte of this frame
+        count = Signal(range(max_frame + 1))
+        ftype = Signal(8)
+        flen = Signal(16)
+        crc = Signal(16, init=CRC_INIT)    # over all bytes but the last two
+        last2 = Signal(16)                 # the last two bytes: the CRC field, once the frame ends
+        scal = Signal(8 * scal_bytes)
+        vbyte = Signal(range(max(ib, 2)))  # byte within the input value being received
+        vidx = Signal(range(n0 + 1))       # index of that value
+        vacc = Signal(8 * ib)
+
+        m.submodules.x_buf = x_buf = memory.Memory(shape=unsigned(fmt.input_format.width), depth=n0, init=[])
+        x_wr = x_buf.write_port()
+        x_rd = x_buf.read_port()
+
+        busy = Signal()
+        m.d.comb += self.rx.ready.eq(~busy)
+        byte = self.rx.payload
+        d = Signal(8)                      # a payload byte, unstuffed
+        d_valid = Signal()
+        start = Signal()                   # a frame passed every check: execute it
+
+        n = count
+        crc_ok = crc == last2
+        len_ok = n == flen + (HEADER_BYTES + CRC_BYTES)
+        type_ok = Const(0)
+        for t in TO_BOARD:
+            type_ok = type_ok | ((ftype == t) & (flen == fmt.payload_length(t)))
+
+        with m.If(self.rx_error & ~hunting):
+            m.d.sync += poisoned.eq(1)
+        with m.If(self.rx.valid & self.rx.ready):
+            with m.If(byte == FLAG):
+                # Close the frame being collected (the order of checks is FrameDecoder's).
+                with m.If(~hunting & ((n != 0) | poisoned | escape)):
+                    with m.If(poisoned | escape | (n < HEADER_BYTES + CRC_BYTES)):
+                        m.d.sync += cnt.bad_frame.eq(cnt.bad_frame + 1)
+                    with m.Elif(~crc_ok):
+                        m.d.sync += cnt.bad_crc.eq(cnt.bad_crc + 1)
+                    with m.Elif(~len_ok | ~type_ok):
+                        m.d.sync += cnt.bad_frame.eq(cnt.bad_frame + 1)
+                    with m.Else():
+                        m.d.sync += cnt.frames_ok.eq(cnt.frames_ok + 1)
+                        m.d.comb += start.eq(1)
+                # ... and open the next.
+                m.d.sync += [hunting.eq(0), escape.eq(0), poisoned.eq(0), count.eq(0), crc.eq(CRC_INIT),
+                             vbyte.eq(0), vidx.eq(0)]
+            with m.Elif(hunting):
+                m.d.sync += cnt.bytes_dropped.eq(cnt.bytes_dropped + 1)
+            with m.Elif(escape | (byte != ESCAPE)):
+                m.d.sync += escape.eq(0)
+                m.d.comb += [d_valid.eq(1), d.eq(Mux(escape, byte ^ ESCAPE_XOR, byte))]
+            with m.Else():
+                m.d.sync += escape.eq(1)
+
+        with m.If(d_valid):
+            with m.If(count == max_frame):
+                # Overlong: no valid frame is this long. Drop the rest up to the next FLAG.
+                m.d.sync += [cnt.bad_frame.eq(cnt.bad_frame + 1), hunting.eq(1)]
+            with m.Else():
+                m.d.sync += [count.eq(count + 1), last2.eq(Cat(last2[8:], d))]
+                with m.If(count >= 2):
+                    m.d.sync += crc.eq(crc16_step(crc, last2[:8]))
+                with m.Switch(count):
+                    with m.Case(0):
+                        m.d.sync += ftype.eq(d)
+                    with m.Case(1):
+                        m.d.sync += flen[:8].eq(d)
+                    with m.Case(2):
+                        m.d.sync += flen[8:].eq(d)
+                # Payload bytes go to their field as they arrive, whatever the frame turns
+                # out to be (a bad frame's leftovers are never read, see the module docstring).
+                # The CRC bytes land here too, past the end of the payload.
+                pos = Signal(range(max_frame + 1))     # payload byte index
+                m.d.comb += pos.eq(count - HEADER_BYTES)
+                with m.If((ftype == SAMPLE) & (count >= HEADER_BYTES + x_field.offset)):
+                    with m.If(vbyte == ib - 1):
+                        with m.If(vidx < n0):
+                            m.d.comb += [x_wr.en.eq(1), x_wr.addr.eq(vidx),
+                                         x_wr.data.eq(Cat(vacc[:8 * (ib - 1)], d))]
+                            m.d.sync += vidx.eq(vidx + 1)
+                        m.d.sync += vbyte.eq(0)
+                    with m.Else():
+                        m.d.sync += [vacc.word_select(vbyte, 8).eq(d), vbyte.eq(vbyte + 1)]
+                with m.Elif((count >= HEADER_BYTES) & (pos < scal_bytes)):
+                    m.d.sync += scal.word_select(pos, 8).eq(d)
+
+        def scal_field(ftype_, name):
+            fld = fmt.field(ftype_, name)
+            return scal[8 * fld.offset:8 * fld.end]
+
+        # ---- responses --------------------------------------------------------------------
+        resp = Signal(8 * resp_bytes)      # type, length, payload of the response frame
+        resp_len = Signal(range(resp_bytes + 1))
+
+        def header(ftype_):
+            length = fmt.payload_length(ftype_)
+            return [resp[:8].eq(ftype_), resp[8:24].eq(length), resp_len.eq(HEADER_BYTES + length)]
+
+        def put(ftype_, name, value, index=0):
+            fld = fmt.field(ftype_, name)
+            start_ = 8 * (HEADER_BYTES + fld.offset + index * fld.size)
+            return resp[start_:start_ + 8 * fld.size].eq(value)   # sign-extends signed values
+
+        # WRITE_ACK and READ_RESP share one layout: one set of statements serves both.
+        assert fmt.fields(WRITE_ACK) == fmt.fields(READ_RESP)
+
+        def host_response(data_, error):
+            return header(READ_RESP) + [resp[:8].eq(Mux(is_write, WRITE_ACK, READ_RESP)),
+                                        put(READ_RESP, "data", data_),
+                                        put(READ_RESP, "flags", Mux(error, RESPONSE_ERROR, 0))]
+
+        # ---- executor and transmitter -------------------------------------------------------
+        is_write = Signal()
+        tx_raw = Signal(8)
+        x_next = Signal(range(n0 + 1))
+        tx_i = Signal(range(resp_bytes + CRC_BYTES + 1))
+        tx_crc = Signal(16)
+        tx_esc = Signal()                  # the ESCAPE went out; the escaped byte is next
+
+        # A request the engine must not see: address bits above the engine's address width,
+        # or data that does not fit its data word. Truncating them would alias a refused
+        # access onto a valid one.
+        addr = scal_field(WRITE, "address")
+        wdata = scal_field(WRITE, "data")
+        assert fmt.field(READ, "address") == fmt.field(WRITE, "address")
+        top = wdata[fmt.data_width - 1:]
+        req_ok = ((addr[fmt.address_width:] == 0)
+                  & (~is_write | (top == 0) | (top == (1 << len(top)) - 1)))
+
+        with m.FSM() as fsm:
+            with m.State("IDLE"):
+                m.d.sync += [x_next.eq(0), is_write.eq(ftype == WRITE)]
+                with m.If(start):
+                    with m.Switch(ftype):
+                        with m.Case(SAMPLE):
+                            m.next = "SAMPLE"
+                        with m.Case(WRITE, READ):
+                            m.next = "REQUEST"
+                        with m.Case(STATUS):
+                            m.next = "STATUS"
+
+            with m.State("SAMPLE"):
+                # The read port is one cycle behind its address: it reads x_next + 1 while
+                # x_next is taken (IDLE left the address at 0 for the first value).
+                flags = scal_field(SAMPLE, "flags")
+                m.d.comb += [eng.sample.valid.eq(1), eng.sample.payload.data.eq(x_rd.data),
+                             eng.sample.payload.label.eq(scal_field(SAMPLE, "label")),
+                             eng.sample.payload.train.eq((flags & SAMPLE_TRAIN) != 0),
+                             x_rd.addr.eq(x_next)]
+                with m.If(eng.sample.ready):
+                    m.d.comb += x_rd.addr.eq(x_next + 1)
+                    m.d.sync += x_next.eq(x_next + 1)
+                    with m.If(x_next == n0 - 1):
+                        m.next = "RESULT"
+
+            with m.State("RESULT"):
+                r = eng.result.payload
+                m.d.comb += eng.result.ready.eq(1)
+                with m.If(eng.result.valid):
+                    m.d.sync += header(RESULT) + [put(RESULT, "prediction", r.prediction)]
+                    m.d.sync += [put(RESULT, "e", r.e[c], c) for c in range(fmt.n_classes)]
+                    m.d.sync += put(RESULT, "flags", Mux(r.trained, RESULT_TRAINED, 0) | Mux(r.rejected, RESULT_REJECTED, 0))
+                    m.next = "SEND_OPEN"
+
+            with m.State("REQUEST"):
+                with m.If(~req_ok):
+                    m.d.sync += host_response(0, 1)
+                    m.next = "SEND_OPEN"
+                with m.Else():
+                    m.d.comb += [eng.host_req.valid.eq(1),
+                                 eng.host_req.payload.address.eq(addr),
+                                 eng.host_req.payload.write.eq(is_write),
+                                 eng.host_req.payload.data.eq(Mux(is_write, wdata, 0))]
+                    with m.If(eng.host_req.ready):
+                        m.next = "RESPONSE"
+
+            with m.State("RESPONSE"):
+                m.d.comb += eng.host_resp.ready.eq(1)
+                with m.If(eng.host_resp.valid):
+                    m.d.sync += host_response(eng.host_resp.payload.data, eng.host_resp.payload.error)
+                    m.next = "SEND_OPEN"
+
+            with m.State("STATUS"):
+                # frames_ok already counts this STATUS frame.
+                m.d.sync += header(STATUS_RESP) + [put(STATUS_RESP, name, cnt[name]) for name in LINK_COUNTERS]
+                m.next = "SEND_OPEN"
+
+            with m.State("SEND_OPEN"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(FLAG)]
+                with m.If(self.tx.ready):
+                    m.d.sync += [tx_i.eq(0), tx_crc.eq(CRC_INIT), tx_esc.eq(0)]
+                    m.next = "SEND_BODY"
+
+            with m.State("SEND_BODY"):
+                # header and payload from resp, then the CRC, low byte first; stuffed
+                raw = tx_raw
+                m.d.comb += raw.eq(Mux(tx_i < resp_len, resp.word_select(tx_i, 8),
+                                       Mux(tx_i == resp_len, tx_crc[:8], tx_crc[8:])))
+                stuff = (raw == FLAG) | (raw == ESCAPE)
+                m.d.comb += [self.tx.valid.eq(1),
+                             self.tx.payload.eq(Mux(tx_esc, raw ^ ESCAPE_XOR, Mux(stuff, ESCAPE, raw)))]
+                with m.If(self.tx.ready):
+                    with m.If(stuff & ~tx_esc):
+                        m.d.sync += tx_esc.eq(1)
+                    with m.Else():
+                        m.d.sync += [tx_esc.eq(0), tx_i.eq(tx_i + 1)]
+                        with m.If(tx_i < resp_len):
+                            m.d.sync += tx_crc.eq(crc16_step(tx_crc, raw))
+                        with m.If(tx_i == resp_len + CRC_BYTES - 1):
+                            m.next = "SEND_CLOSE"
+
+            with m.State("SEND_CLOSE"):
+                m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(FLAG)]
+                with m.If(self.tx.ready):
+                    m.next = "IDLE"
+
+        m.d.comb += busy.eq(~fsm.ongoing("IDLE"))
+        return m
