@@ -300,3 +300,63 @@ def test_sim_link_through_uarts():
     assert decode_payload(fmt, responses[2]) == {"data": golden.b[1][2], "error": False}
     # the 4-byte junk (opening flag, no closing one) is closed by the next frame's flag
     assert decode_payload(fmt, responses[3]) == {"frames_ok": 4, "bad_crc": 0, "bad_frame": 1, "bytes_dropped": 0}
+
+
+def test_sim_link_refuses_what_the_engine_cannot_take():
+    """33-bit data words travel in 5 bytes: a value that does not fit 33 bits, or an address
+    with bits above the engine's, is refused by the link; the engine (here a testbench
+    stand-in) sees only the accesses that fit, with their values intact."""
+    cfg = config_from_dict({"network": {"layers": [4, 3, 2], "methods": ["dfa"]},
+                            "formats": {"weight": "s2.30", "bias": "s2.30", "update": "s2.30"},
+                            "hardware": {"lanes": 1}})
+    fmt = LinkFormat(cfg)
+    assert (fmt.data_width, fmt.data_bytes, fmt.address_width, fmt.address_bytes) == (33, 5, 8, 1)
+    dut = HostLink(cfg)
+    frames = [_with_crc(WRITE, bytes([0x21]) + (1 << 32).to_bytes(5, "little")),                # 2^32: too big
+              _with_crc(WRITE, bytes([0x21]) + (-(1 << 32) - 1).to_bytes(5, "little", signed=True)),  # too small
+              encode_write(fmt, 0x21, -(1 << 32)), encode_write(fmt, 0x22, (1 << 32) - 1), encode_read(fmt, 0x23)]
+    decoder = FrameDecoder(fmt, TO_HOST)
+    responses, seen = [], []
+
+    async def host(ctx):
+        for frame in frames:
+            for byte in frame:
+                ctx.set(dut.rx.payload, byte)
+                ctx.set(dut.rx.valid, 1)
+                await ctx.tick().until(dut.rx.ready)
+            ctx.set(dut.rx.valid, 0)
+            want = len(responses) + 1
+            while len(responses) < want:
+                await ctx.tick()
+
+    async def engine_stub(ctx):
+        ctx.set(dut.engine.host_req.ready, 1)
+        while True:
+            valid, req = ctx.get(dut.engine.host_req.valid), ctx.get(dut.engine.host_req.payload)
+            await ctx.tick()
+            if valid:
+                seen.append((int(req.address), int(req.write), int(req.data)))
+                ctx.set(dut.engine.host_resp.payload, {"data": int(req.data) // 2, "error": 0})
+                ctx.set(dut.engine.host_resp.valid, 1)
+                await ctx.tick().until(dut.engine.host_resp.ready)
+                ctx.set(dut.engine.host_resp.valid, 0)
+
+    async def host_receive(ctx):
+        ctx.set(dut.tx.ready, 1)
+        while True:
+            valid, byte = ctx.get(dut.tx.valid), ctx.get(dut.tx.payload)
+            await ctx.tick()
+            if valid:
+                responses.extend(decoder.feed(bytes((byte,))))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(host)
+    sim.add_testbench(engine_stub, background=True)
+    sim.add_testbench(host_receive, background=True)
+    sim.run()
+    assert seen == [(0x21, 1, -(1 << 32)), (0x22, 1, (1 << 32) - 1), (0x23, 0, 0)]
+    assert [(r.type, decode_payload(fmt, r)) for r in responses] == [
+        (WRITE_ACK, {"data": 0, "error": True}), (WRITE_ACK, {"data": 0, "error": True}),
+        (WRITE_ACK, {"data": -(1 << 31), "error": False}), (WRITE_ACK, {"data": (1 << 31) - 1, "error": False}),
+        (READ_RESP, {"data": 0, "error": False})]
