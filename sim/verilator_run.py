@@ -105,7 +105,8 @@ def _build(runner, build_dir, src_dir, top_name):
         # cocotb's runner passes --public-flat-rw, which makes every signal of the design
         # visible to VPI and blocks Verilator's optimisations (7x slower on the default
         # engine); it is switched off again here, and the harness marks the few signals the
-        # cocotb scoreboard touches with public_flat_rw metacomments instead.
+        # cocotb scoreboard reads with public_flat_rd metacomments instead (read-only: a
+        # writable public signal makes Verilator re-evaluate its fan-out after every VPI call).
         build_args=["--no-public-flat-rw", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--timing", "-O3", "--x-assign", "fast",
                     "--x-initial", "fast", "-CFLAGS", "-std=c++20", "-CFLAGS", "-fcoroutines"],
         timescale=("1ns", "1ps"),
@@ -187,7 +188,10 @@ def _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check):
         build_dir=build_dir,
         test_dir=run_dir,
         plusargs=[f"+prefix={prefix}", f"+n={n}", f"+idle={int(idle * 1024)}", f"+bp={int(backpressure * 1024)}"],
+        # one BLAS thread: the golden model's small products gain nothing from more, and
+        # idle OpenBLAS threads spin on the core the simulation needs
         extra_env={"DFA_RUN_DIR": str(run_dir), "DFA_CHECK": "1" if check else "0",
+                   "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                    "PYTHONPATH": os.pathsep.join(sys.path)},
         results_xml=str(run_dir / "results.xml"),
         log_file=run_dir / "sim.log",
