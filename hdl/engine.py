@@ -24,7 +24,8 @@ a sample arriving during a weight load waits (backpressure) and nothing is lost.
 from __future__ import annotations
 
 import numpy as np
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import (Array, Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux,
+                          ResetSignal, Signal, signed, unsigned)
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -42,7 +43,8 @@ __all__ = ["Engine", "address_layout", "host_address", "COUNTERS"]
 
 #: Read-only counters at ``kind = 2``, by index.
 COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
-            "saturation_events", "samples_received")
+            "saturation_events", "samples_received", "resets", "aborted_samples", "dropped_outputs")
+COUNTER_MAX = 2**32 - 1   # counters saturate here instead of wrapping
 
 
 def _ceil_div(a, b):
@@ -110,7 +112,31 @@ class Engine(wiring.Component):
 
     # ------------------------------------------------------------------------------
     def elaborate(self, platform):
+        """The reset wrapper around the core (``docs/architecture.md``, "Reset").
+
+        ``rst`` is a *request*: it is honoured at once where no accepted work is half done
+        (idle, receiving a sample, offering a result or response) and otherwise deferred
+        until the sample in flight has been trained, so that a reset never leaves a layer
+        half updated and never loses a sample that was accepted whole. While a request is
+        pending, the engine accepts nothing and offers nothing. The core's registers then
+        reset; memories (weights, biases, feedback) and counters keep their contents.
+        """
         m = Module()
+        core = Module()
+        reset_req = Signal()      # rst now, or a deferred request
+        core_safe = Signal()      # the core is at a point where a reset loses nothing
+        core_reset = Signal()
+        self._elaborate_core(core, reset_req, core_safe, core_reset)
+        m.submodules.core = DomainRenamer("core")(core)
+        m.domains.core = cd_core = ClockDomain("core", local=True)
+        pending = Signal(reset_less=True)
+        rst = ResetSignal("sync")
+        m.d.comb += [reset_req.eq(rst | pending), core_reset.eq(reset_req & core_safe),
+                     cd_core.clk.eq(ClockSignal("sync")), cd_core.rst.eq(core_reset)]
+        m.d.sync += pending.eq((pending | rst) & ~core_reset)
+        return m
+
+    def _elaborate_core(self, m, reset_req, core_safe, core_reset):
         cfg, f, P = self._cfg, self._cfg.formats, self._P
         L, C = cfg.n_layers, cfg.n_classes
         n = cfg.layers
@@ -253,7 +279,12 @@ class Engine(wiring.Component):
         y_regs = Array(Signal(f.activation.amaranth_shape(), name=f"y{c}") for c in range(C))
         e_regs = Array(Signal(f.error.amaranth_shape(), name=f"e{c}") for c in range(C))
         prediction = Signal(_bits(C))
-        counters = {name: Signal(32, name=f"count_{name}") for name in COUNTERS}
+        # Counters survive a reset (reset_less) and saturate at COUNTER_MAX.
+        counters = {name: Signal(32, name=f"count_{name}", reset_less=True) for name in COUNTERS}
+
+        def bump(name, amount=1):
+            total = counters[name] + amount
+            return counters[name].eq(Mux(total > COUNTER_MAX, COUNTER_MAX, total))
         sat_inc = []  # per-cycle saturation counts of every unit, summed into one counter
 
         # Stage-2 pipeline registers of the streaming passes (address issued at stage 1,
@@ -599,7 +630,7 @@ class Engine(wiring.Component):
             total = total + t
         m.d.comb += sat_total.eq(total)
         e_sat = Signal(16)
-        m.d.sync += counters["saturation_events"].eq(counters["saturation_events"] + sat_total + e_sat)
+        m.d.sync += bump("saturation_events", sat_total + e_sat)
 
         # ---- issuing counters for streaming passes -------------------------------------
         def next_column():
@@ -627,23 +658,24 @@ class Engine(wiring.Component):
         label_ok = Signal()
         m.d.comb += label_ok.eq(label < C)
 
-        with m.FSM():
+        with m.FSM() as fsm:
             with m.State("IDLE"):
-                with m.If(self.host_req.valid):
+                # nothing is accepted while a reset is requested
+                with m.If(self.host_req.valid & ~reset_req):
                     m.next = "HOST"
-                with m.Elif(self.sample.valid):
+                with m.Elif(self.sample.valid & ~reset_req):
                     m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += self.sample.ready.eq(1)
-                with m.If(self.sample.valid):
+                m.d.comb += self.sample.ready.eq(~reset_req)
+                with m.If(self.sample.valid & self.sample.ready):
                     m.d.comb += [x_wr.addr.eq(jw), x_wr.data.eq(self.sample.payload.data.as_unsigned().replicate(P)),
                                  x_wr.en.eq(Array(Const(1 << p, P) for p in range(P))[jl])]
                     with m.If(j == 0):
                         m.d.sync += [label.eq(self.sample.payload.label), train.eq(self.sample.payload.train)]
                     with m.If(j == n[0] - 1):
                         m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), layer.eq(0),
-                                     counters["samples_received"].eq(counters["samples_received"] + 1)]
+                                     bump("samples_received")]
                         m.next = "FWD"
                     with m.Else():
                         next_column()
@@ -777,29 +809,29 @@ class Engine(wiring.Component):
                 m.d.sync += drain.eq(drain + 1)
                 with m.If(drain == 3):
                     with m.If(layer == L - 1):
-                        m.d.sync += counters["samples_trained"].eq(counters["samples_trained"] + 1)
+                        m.d.sync += bump("samples_trained")
                         m.next = "RESULT"
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), g.eq(0)]
                         m.next = "UPDATE"
             with m.State("RESULT"):
-                m.d.comb += [self.result.valid.eq(1), self.result.payload.prediction.eq(prediction),
+                m.d.comb += [self.result.valid.eq(~reset_req), self.result.payload.prediction.eq(prediction),
                              self.result.payload.trained.eq(train & ~rejected),
                              self.result.payload.rejected.eq(rejected)]
                 for c in range(C):
                     m.d.comb += self.result.payload.e[c].eq(e_regs[c])
-                with m.If(self.result.ready):
+                with m.If(self.result.valid & self.result.ready):
                     with m.If(rejected):
-                        m.d.sync += counters["rejected_labels"].eq(counters["rejected_labels"] + 1)
+                        m.d.sync += bump("rejected_labels")
                     with m.If(~train):
-                        m.d.sync += counters["samples_inferred"].eq(counters["samples_inferred"] + 1)
+                        m.d.sync += bump("samples_inferred")
                     m.next = "IDLE"
             with m.State("HOST"):
                 m.d.comb += self.host_req.ready.eq(1)
                 m.d.sync += [lat_kind.eq(req_kind), lat_layer.eq(req_layer), lat_lane.eq(req_lane),
                              lat_counter.eq(a[:off - 2])]
                 with m.If(~in_range | (self.host_req.payload.write & ((req_kind == 2) | ~value_ok))):
-                    m.d.sync += [counters["rejected_addresses"].eq(counters["rejected_addresses"] + 1),
+                    m.d.sync += [bump("rejected_addresses"),
                                  self.host_resp.payload.error.eq(1), self.host_resp.payload.data.eq(0)]
                     m.next = "HOST_RESP"
                 with m.Else():
@@ -836,10 +868,21 @@ class Engine(wiring.Component):
                 m.d.sync += self.host_resp.payload.data.eq(value)
                 m.next = "HOST_RESP"
             with m.State("HOST_RESP"):
-                m.d.comb += self.host_resp.valid.eq(1)
-                with m.If(self.host_resp.ready):
+                m.d.comb += self.host_resp.valid.eq(~reset_req)
+                with m.If(self.host_resp.valid & self.host_resp.ready):
                     m.next = "IDLE"
-        return m
+
+        # ---- reset bookkeeping --------------------------------------------------------
+        m.d.comb += core_safe.eq(fsm.ongoing("IDLE") | fsm.ongoing("LOAD") | fsm.ongoing("RESULT") |
+                                 fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_RESP"))
+        in_reset = Signal(reset_less=True)
+        m.d.sync += in_reset.eq(core_reset)
+        with m.If(core_reset & ~in_reset):
+            m.d.sync += bump("resets")
+        with m.If(core_reset & fsm.ongoing("LOAD") & (j != 0)):
+            m.d.sync += bump("aborted_samples")     # a partial sample, discarded
+        with m.If(core_reset & (fsm.ongoing("RESULT") | fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_RESP"))):
+            m.d.sync += bump("dropped_outputs")     # a result or response never offered
 
 
 def host_address(cfg: EngineConfig, kind: str, layer: int = 0, row: int = 0, column: int = 0,
