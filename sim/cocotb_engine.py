@@ -17,7 +17,7 @@ from pathlib import Path
 
 import cocotb
 import numpy as np
-from cocotb.triggers import ReadOnly, RisingEdge, Timer
+from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 
 from dfa_engine.hdl.engine import COUNTERS
 from dfa_engine.sim.golden import GoldenModel
@@ -66,29 +66,44 @@ async def train_and_compare(dut):
     await RisingEdge(dut.start)
     t0 = time.perf_counter()
     strobe = RisingEdge(dut.result_strobe)
+    finished = RisingEdge(dut.done)
     progress_path = run_dir / "progress"
     step = max(1, n // 200)
-    for s in range(n):
-        await strobe
+    results = [None] * n
+    expected = 0     # the next sample the golden model processes
+
+    def golden_step(s):
+        """The golden model's view of sample ``s``: (prediction, e or None, trained, rejected)."""
+        label_ok = 0 <= Y[s] < cfg.n_classes
+        if train[s] and label_ok:
+            return golden.train_step(X[s], int(Y[s])), golden.last_error.copy(), 1, 0
+        return golden.predict(X[s]), None, 0, int(not label_ok)
+
+    while True:
+        fired = await First(strobe, finished)
+        if fired is finished:
+            break
         await ReadOnly()
+        s = int(dut.last_result_sample.value)
         pred, e, trained, rejected = _decode_result(cfg, int(dut.last_result.value))
-        results.append({"prediction": pred, "trained": trained, "rejected": rejected,
-                        "cycle": int(dut.cycles.value)})
+        results[s] = {"prediction": pred, "trained": trained, "rejected": rejected,
+                      "cycle": int(dut.cycles.value)}
         if (s + 1) % step == 0 or s + 1 == n:
             progress_path.write_text(f"{s + 1}\n")
         if not check:
             continue
-        label_ok = 0 <= Y[s] < cfg.n_classes
-        if train[s] and label_ok:
-            want_pred = golden.train_step(X[s], int(Y[s]))
-        else:
-            want_pred = golden.predict(X[s])
+        # samples whose result a reset dropped were still trained by the engine
+        while expected < s:
+            golden_step(expected)
+            expected += 1
+        want_pred, want_e, want_trained, want_rejected = golden_step(s)
+        expected = s + 1
         rec = {"prediction": np.array([pred]), "trained": np.array([trained]), "rejected": np.array([rejected])}
-        want = {"prediction": np.array([want_pred]), "trained": np.array([int(bool(train[s] and label_ok))]),
-                "rejected": np.array([int(not label_ok)])}
-        if train[s] and label_ok:
+        want = {"prediction": np.array([want_pred]), "trained": np.array([want_trained]),
+                "rejected": np.array([want_rejected])}
+        if want_e is not None:
             rec["e"] = np.array(e)
-            want["e"] = golden.last_error.copy()
+            want["e"] = want_e
         rtl_trace.append(rec)
         golden_trace.append(want)
         if mismatch is None:
@@ -96,7 +111,12 @@ async def train_and_compare(dut):
             if diff is not None:
                 mismatch = str(diff).replace("sample 0", f"sample {s}")
                 dut._log.error("scoreboard: %s (golden != rtl)", mismatch)
-    await RisingEdge(dut.done)
+    if check:
+        while expected < n:
+            golden_step(expected)
+            expected += 1
+    results = [r if r is not None else {"prediction": None, "trained": None, "rejected": None, "dropped": True}
+               for r in results]
     await Timer(1, "ns")
     wall = time.perf_counter() - t0
     cycles = int(dut.cycles.value)

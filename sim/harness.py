@@ -114,17 +114,26 @@ module tb_harness;
   integer r_idx = 0;      // results received
   integer d_idx = 0;      // dump request index
   integer d_got = 0;      // dump responses received
+  integer sent = 0;       // samples transferred whole
+  integer next_res = 0;   // the sample the next result belongs to
+  integer rst_left = 0;   // cycles left of an injected reset
+  integer reset_period = 0;
+  integer t_sent, t_res;
   reg dumping = 1'b0;
   reg [31:0] r;
+  reg [31:0] r2 = 32'h2545F491;   // a second LFSR for reset injection
   // results seen: an event per sample for the cocotb scoreboard
   reg result_strobe /*verilator public_flat_rd*/ = 1'b0;
   reg [{w['result'] - 1}:0] last_result /*verilator public_flat_rd*/ = 0;
+  reg [31:0] last_result_sample /*verilator public_flat_rd*/ = 0;
+  reg [31:0] result_sample [0:MAXS-1];
 
   always @(posedge clk) begin
     if (start && !done) begin
       cycles <= cycles + 1;
       if (n_samples == 0 && !preloading) dumping <= 1'b1;
       lfsr <= lfsr_next(lfsr_next(lfsr));
+      r2 <= lfsr_next(r2);
       r = lfsr;
       // ---- preload: write the initial parameters through the host port ----
       if (preloading) begin
@@ -143,8 +152,12 @@ module tb_harness;
         end
       end
       // ---- sample driver: valid and payload stay until ready ----
-      if (sample_valid && sample_ready) sample_valid <= 1'b0;
-      if (!preloading && (!sample_valid || sample_ready) && nxt < n_samples * N0 && r[9:0] >= idle_permille) begin
+      if (sample_valid && sample_ready) begin
+        sample_valid <= 1'b0;
+        if ((nxt - 1) % N0 == N0 - 1) sent <= sent + 1;
+      end
+      if (!preloading && rst_left == 0 && (!sample_valid || sample_ready) && nxt < n_samples * N0
+          && r[9:0] >= idle_permille) begin
         sample_valid <= 1'b1;
         sample_payload <= {{ctrl[nxt / N0], xs[nxt]}};
         nxt <= nxt + 1;
@@ -154,10 +167,31 @@ module tb_harness;
       result_ready <= (r[25:16] >= bp_permille);
       if (result_valid && result_ready) begin
         results[r_idx] <= result_payload;
+        result_sample[r_idx] <= next_res;
         last_result <= result_payload;
+        last_result_sample <= next_res;
         result_strobe <= 1'b1;
         r_idx <= r_idx + 1;
-        if (r_idx + 1 == n_samples) dumping <= 1'b1;
+        next_res <= next_res + 1;
+      end
+      if (!preloading && !dumping && rst_left == 0 && n_samples > 0 && next_res == n_samples)
+        dumping <= 1'b1;
+      // ---- reset injection (training phase only) ----
+      // A reset discards a partly sent sample (it is sent again from its first element)
+      // and drops the result of a sample sent whole but not yet answered (the engine still
+      // trains it): every sample is trained exactly once.
+      if (rst_left != 0) begin
+        rst_left <= rst_left - 1;
+        if (rst_left == 1) rst <= 1'b0;
+      end else if (reset_period != 0 && !preloading && !dumping && next_res < n_samples
+                   && r2 % reset_period == 0) begin
+        rst <= 1'b1;
+        rst_left <= 1 + r2[5:4];
+        t_sent = sent + ((sample_valid && sample_ready && (nxt - 1) % N0 == N0 - 1) ? 1 : 0);
+        t_res = next_res + ((result_valid && result_ready) ? 1 : 0);
+        if (t_sent > t_res) next_res <= t_sent;
+        nxt <= t_sent * N0;
+        sample_valid <= 1'b0;
       end
       // ---- parameter dump over the host port ----
       if (dumping) begin
@@ -193,6 +227,7 @@ module tb_harness;
     if (!$value$plusargs("n=%d", n_samples)) n_samples = 0;
     if (!$value$plusargs("idle=%d", idle_permille)) idle_permille = 0;
     if (!$value$plusargs("bp=%d", bp_permille)) bp_permille = 0;
+    if (!$value$plusargs("reset_period=%d", reset_period)) reset_period = 0;
     $readmemh({{out_prefix, "_x.hex"}}, xs, 0, n_samples * N0 - 1);
     $readmemh({{out_prefix, "_ctrl.hex"}}, ctrl, 0, n_samples - 1);
     $readmemh({{out_prefix, "_dump_addr.hex"}}, dump_addr);
@@ -200,7 +235,10 @@ module tb_harness;
   end
 
   always @(posedge done) begin
-    $writememh({{out_prefix, "_results.hex"}}, results, 0, n_samples - 1);
+    if (r_idx > 0) begin
+      $writememh({{out_prefix, "_results.hex"}}, results, 0, r_idx - 1);
+      $writememh({{out_prefix, "_result_sample.hex"}}, result_sample, 0, r_idx - 1);
+    end
     $writememh({{out_prefix, "_dump.hex"}}, dump_data);
   end
 endmodule

@@ -129,10 +129,15 @@ def _watch_progress(path: Path, progress, stop: threading.Event):
 
 
 def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=0.0, max_samples=512,
-                 tag="run", check=True, progress=None) -> dict:
+                 tag="run", check=True, progress=None, reset_period=0) -> dict:
     """Train the RTL on ``X`` (raw input format) / ``Y`` in Verilator; returns the summary dict:
-    ``results`` (prediction, trained, rejected per sample), ``mismatch`` (first difference or
-    None), ``params_equal``, ``cycles``, ``wall_seconds``, ``counters``."""
+    ``results`` (prediction, trained, rejected per sample; ``dropped`` where a reset dropped
+    the result), ``mismatch`` (first difference or None), ``params_equal``, ``cycles``,
+    ``wall_seconds``, ``counters``.
+
+    ``reset_period``: when nonzero, the harness asserts reset at random cycles of the
+    training phase, on average every ``reset_period`` cycles, for 1 to 4 cycles
+    (``docs/architecture.md``, "Reset")."""
     X = np.asarray(X, dtype=np.int64)
     Y = np.asarray(Y, dtype=np.int64)
     n = len(X)
@@ -165,7 +170,7 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
         watcher.start()
     t0 = time.perf_counter()
     try:
-        _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check)
+        _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check, reset_period)
     finally:
         stop.set()
         if watcher is not None:
@@ -180,14 +185,15 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
     return summary
 
 
-def _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check):
+def _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check, reset_period=0):
     runner.test(
         hdl_toplevel="tb_harness",
         hdl_toplevel_lang="verilog",   # needed when the build was cached by an earlier process
         test_module="dfa_engine.sim.cocotb_engine",
         build_dir=build_dir,
         test_dir=run_dir,
-        plusargs=[f"+prefix={prefix}", f"+n={n}", f"+idle={int(idle * 1024)}", f"+bp={int(backpressure * 1024)}"],
+        plusargs=[f"+prefix={prefix}", f"+n={n}", f"+idle={int(idle * 1024)}", f"+bp={int(backpressure * 1024)}",
+                  f"+reset_period={int(reset_period)}"],
         # one BLAS thread: the golden model's small products gain nothing from more, and
         # idle OpenBLAS threads spin on the core the simulation needs
         extra_env={"DFA_RUN_DIR": str(run_dir), "DFA_CHECK": "1" if check else "0",

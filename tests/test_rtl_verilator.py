@@ -67,3 +67,29 @@ def test_rtl_bad_labels_and_inference_mixed_in():
     c = summary["counters"]
     assert (c["samples_trained"], c["samples_inferred"], c["rejected_labels"], c["samples_received"]) == (56, 2, 2, 60)
     assert [r["rejected"] for r in summary["results"]].count(1) == 2
+
+
+@pytest.mark.parametrize("name", ["dfa-k1-P4", "hybrid-3hidden-k2-lfsr-P16"])
+def test_rtl_resets_in_the_middle_of_training(name):
+    """Resets at random cycles (every ~1,500 cycles, 1-4 cycles long) while 200 samples train
+    with idle and backpressure: partial samples are discarded and sent again, results of
+    samples in flight are dropped, and every accepted sample is trained exactly once, so
+    the weights equal the golden model's on all 200 samples in order."""
+    cfg = config_from_dict(CONFIGS[name])
+    ds = load_dataset("digits")
+    n = 200
+    X = cfg.formats.input.from_float(ds.x_train[:n])
+    Y = ds.y_train[:n].copy()
+    Y[11] = 12                          # a rejected label among them
+    summary = run_training(cfg, X, Y, idle=0.2, backpressure=0.3, tag=f"reset-{name}", reset_period=1500)
+    assert summary["mismatch"] is None
+    assert summary["params_equal"] is True
+    c = summary["counters"]
+    dropped = [r.get("dropped", False) for r in summary["results"]]
+    assert c["resets"] >= 20                    # resets really happened, in every phase
+    assert c["aborted_samples"] >= 1 and sum(dropped) >= 1
+    assert c["samples_trained"] == n - 1 and c["rejected_labels"] + sum(dropped[11:12]) >= 1
+    # a sample is received once per whole transfer: never twice, never lost
+    assert c["samples_received"] == n
+    assert c["dropped_outputs"] == sum(dropped)
+    assert c["saturation_events"] == summary["golden_saturation_events"]
