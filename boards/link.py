@@ -42,12 +42,35 @@ from dfa_engine.link_format import (
 __all__ = ["HostLink", "crc16_step"]
 
 
-def crc16_step(crc, byte):
-    """CRC-16/CCITT-FALSE register after one more byte, as combinational logic (MSB first)."""
+def _crc16_terms():
+    """For each bit of the next CRC register, the register and data bits it is the XOR of.
+
+    The eight shift-and-conditionally-XOR steps are run symbolically here, over sets of
+    bit names (a set's symmetric difference is an XOR), so the logic is one flat XOR per
+    bit. Chaining the eight steps as expressions instead would reuse every intermediate
+    value twice, and the backend, which does not share subexpressions, would emit
+    thousands of cells for them."""
+    reg = [{("crc", i)} for i in range(16)]
     for k in range(7, -1, -1):
-        shifted = (crc << 1)[:16]
-        crc = Mux(crc[15] ^ byte[k], shifted ^ CRC_POLY, shifted)
-    return crc
+        feedback = reg[15] ^ {("byte", k)}
+        reg = [set()] + reg[:15]
+        reg = [bits ^ feedback if (CRC_POLY >> i) & 1 else bits for i, bits in enumerate(reg)]
+    return [sorted(bits) for bits in reg]
+
+
+_CRC16_TERMS = _crc16_terms()
+
+
+def crc16_step(crc, byte):
+    """CRC-16/CCITT-FALSE register after one more byte (MSB first), as combinational logic."""
+    operands = {"crc": crc, "byte": byte}
+    out = []
+    for terms in _CRC16_TERMS:
+        value = Const(0, 1)
+        for name, i in terms:
+            value = value ^ operands[name][i]
+        out.append(value)
+    return Cat(*out)
 
 
 class HostLink(wiring.Component):
@@ -264,7 +287,8 @@ class HostLink(wiring.Component):
                 with m.If(eng.result.valid):
                     m.d.sync += header(RESULT) + [put(RESULT, "prediction", r.prediction)]
                     m.d.sync += [put(RESULT, "e", r.e[c], c) for c in range(fmt.n_classes)]
-                    m.d.sync += put(RESULT, "flags", Mux(r.trained, RESULT_TRAINED, 0) | Mux(r.rejected, RESULT_REJECTED, 0))
+                    m.d.sync += put(RESULT, "flags",
+                                    Mux(r.trained, RESULT_TRAINED, 0) | Mux(r.rejected, RESULT_REJECTED, 0))
                     m.next = "SEND_OPEN"
 
             with m.State("REQUEST"):
