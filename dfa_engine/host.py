@@ -291,7 +291,13 @@ class HostClient:
 
     def transact(self, ftype: int, frame: bytes) -> dict:
         """Send one encoded request of type ``ftype`` and return its decoded response
-        (stop and wait)."""
+        (stop and wait).
+
+        Raises :class:`LinkError` when the transport times out (the request or its response
+        was damaged: resending is safe except for a SAMPLE, see ``docs/host_link.md``) or
+        when something other than the one expected response arrives. A response that
+        arrives after its timeout would be taken for the next request's, so after a
+        ``LinkError`` empty the transport (``serial.Serial.reset_input_buffer``) first."""
         want = RESPONSE_TO[ftype]
         self._transport.write(frame)
         while True:
