@@ -211,3 +211,18 @@ class GoldenModel:
     def parameters(self):
         """Copies of (W, b) per layer, raw int64."""
         return [(W.copy(), b.copy()) for W, b in zip(self.W, self.b)]
+
+    def write_parameter(self, kind: str, layer: int, row: int, column: int, value: int) -> bool:
+        """The host port's write: set one weight (``kind="weight"``) or bias (``"bias"``,
+        column 0) and return True, or refuse a value outside its format (False), exactly as
+        the engine does. Always use this rather than assigning to ``W``: the model keeps a
+        float64 copy of every weight matrix for its exact BLAS products."""
+        fmt = self.cfg.formats.weight if kind == "weight" else self.cfg.formats.bias
+        if not fmt.min_raw <= value <= fmt.max_raw:
+            return False
+        if kind == "weight":
+            self.W[layer][row, column] = value
+            self._Wf[layer][row, column] = value
+        else:
+            self.b[layer][row] = value
+        return True

@@ -93,3 +93,22 @@ def test_rtl_resets_in_the_middle_of_training(name):
     assert c["samples_received"] == n
     assert c["dropped_outputs"] == sum(dropped)
     assert c["saturation_events"] == summary["golden_saturation_events"]
+
+
+DIRECTED = ["labels_outside_the_class_range", "addresses_outside_memory", "sample_arriving_during_a_weight_load",
+            "reset_in_the_middle_of_training"]
+
+
+@pytest.mark.parametrize("case", DIRECTED)
+def test_rtl_directed_port_cases(case):
+    """Bad input at the ports, each a cocotb test driven by the Python TB (stream drivers
+    and monitors with random idle and backpressure, scoreboard on every result, every
+    parameter and counter read back at the end): sim/cocotb_directed.py."""
+    from dfa_engine.sim.verilator_run import run_directed
+
+    cfg = config_from_dict(CONFIGS["dfa-k1-P4"])
+    ds = load_dataset("digits")
+    X = cfg.formats.input.from_float(ds.x_train[:40])
+    Y = ds.y_train[:40].copy()
+    out = run_directed(cfg, X, Y, tag=case, testcase=case)
+    assert (out["tests"], out["failed"]) == (1, 0), out["log"]
