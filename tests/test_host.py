@@ -220,10 +220,10 @@ class FakeBoard:
                     index = (row, col) if kind == 0 else (row,)
                     if frame.type == WRITE:
                         value = int.from_bytes(p[2:6], "little", signed=True)
-                        if value > self.cfg.formats.weight.max_raw:
+                        # write_parameter keeps the golden model's float copy in step
+                        if not self.golden.write_parameter("weight" if kind == 0 else "bias", layer, row, col, value):
                             error = True
                         else:
-                            arr[index] = value
                             self.written.append((kind, layer, row, col, value))
                     else:
                         value = int(arr[index])

@@ -297,7 +297,7 @@ def test_sim_link_through_uarts():
     sim.run()
     assert [r.type for r in responses] == [WRITE_ACK, RESULT, READ_RESP, STATUS_RESP]
     golden = GoldenModel(cfg)
-    golden.b[1][2] = -5
+    golden.write_parameter("bias", 1, 2, 0, -5)
     result = decode_payload(fmt, responses[1])
     assert result["prediction"] == golden.train_step(x, 1)
     assert result["e"] == [int(v) for v in golden.last_error]
