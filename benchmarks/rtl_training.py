@@ -35,9 +35,9 @@ def main(argv=None):
     Y = np.concatenate([ds.y_train[:nt], ds.y_test[:ne]])
     train = np.arange(nt + ne) < nt
     t0 = time.perf_counter()
-    build_engine(cfg, nt + ne)
+    build_engine(cfg, nt + ne, pgo=True)
     build_s = time.perf_counter() - t0
-    s = run_training(cfg, X, Y, train, max_samples=nt + ne, tag="bench")
+    s = run_training(cfg, X, Y, train, max_samples=nt + ne, tag="bench", pgo=True)
     cycles = [r["cycle"] for r in s["results"]]
     per_train = float(np.mean(np.diff(cycles[:nt]))) if nt > 1 else float("nan")
     rtl_acc = float(np.mean(np.array([r["prediction"] for r in s["results"][nt:]]) == Y[nt:]))

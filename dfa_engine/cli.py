@@ -121,10 +121,10 @@ def _cmd_rtl(args) -> int:
           f"train on {n_train} samples, then infer {n_test} test samples")
     t0 = time.perf_counter()
     print("generating Verilog and building it with Verilator (cached per configuration) ...", flush=True)
-    build_engine(cfg, n_train + n_test)
+    build_engine(cfg, n_train + n_test, pgo=True)
     print(f"built in {time.perf_counter() - t0:.0f} s")
     bar = ProgressBar(n_train + n_test, "simulating", force=args.progress)
-    summary = run_training(cfg, X, Y, train, max_samples=n_train + n_test, tag="main", progress=bar)
+    summary = run_training(cfg, X, Y, train, max_samples=n_train + n_test, tag="main", progress=bar, pgo=True)
     bar(n_train + n_test)
     results = summary["results"]
     cycles = [r["cycle"] for r in results]
@@ -133,7 +133,10 @@ def _cmd_rtl(args) -> int:
     acc = float(np.mean(test_pred == Y[n_train:])) if n_test else float("nan")
     est = estimate_cycles(cfg)
     bit_exact = summary["mismatch"] is None and summary.get("params_equal", False)
-    print(f"test accuracy (RTL, {n_test} samples after {n_train} training samples): {acc:.4f}")
+    if n_test:
+        print(f"test accuracy (RTL, {n_test} samples after {n_train} training samples): {acc:.4f}")
+    else:
+        print(f"no test samples asked for (trained on {n_train})")
     if len(train_cycles):
         print(f"cycles per training sample: {np.mean(train_cycles):,.0f} "
               f"(ideal (forward + update MACs) / P = {est['ideal_train_sample']:,.0f})")

@@ -118,6 +118,10 @@ module tb_harness;
   integer next_res = 0;   // the sample the next result belongs to
   integer rst_left = 0;   // cycles left of an injected reset
   integer reset_period = 0;
+  integer reset_wait = 0; // cycles to the next injected reset
+  integer cur_sample = 0; // nxt / N0 and nxt % N0, kept without dividing every cycle
+  integer cur_elem = 0;
+  reg last_presented = 1'b0;   // the element on the port is the last of its sample
   integer t_sent, t_res;
   reg dumping = 1'b0;
   reg [31:0] r;
@@ -154,13 +158,18 @@ module tb_harness;
       // ---- sample driver: valid and payload stay until ready ----
       if (sample_valid && sample_ready) begin
         sample_valid <= 1'b0;
-        if ((nxt - 1) % N0 == N0 - 1) sent <= sent + 1;
+        if (last_presented) sent <= sent + 1;
       end
       if (!preloading && rst_left == 0 && (!sample_valid || sample_ready) && nxt < n_samples * N0
           && r[9:0] >= idle_permille) begin
         sample_valid <= 1'b1;
-        sample_payload <= {{ctrl[nxt / N0], xs[nxt]}};
+        sample_payload <= {{ctrl[cur_sample], xs[nxt]}};
         nxt <= nxt + 1;
+        last_presented <= (cur_elem == N0 - 1);
+        if (cur_elem == N0 - 1) begin
+          cur_elem <= 0;
+          cur_sample <= cur_sample + 1;
+        end else cur_elem <= cur_elem + 1;
       end
       // ---- result monitor with backpressure ----
       result_strobe <= 1'b0;
@@ -183,15 +192,20 @@ module tb_harness;
       if (rst_left != 0) begin
         rst_left <= rst_left - 1;
         if (rst_left == 1) rst <= 1'b0;
-      end else if (reset_period != 0 && !preloading && !dumping && next_res < n_samples
-                   && r2 % reset_period == 0) begin
-        rst <= 1'b1;
-        rst_left <= 1 + r2[5:4];
-        t_sent = sent + ((sample_valid && sample_ready && (nxt - 1) % N0 == N0 - 1) ? 1 : 0);
-        t_res = next_res + ((result_valid && result_ready) ? 1 : 0);
-        if (t_sent > t_res) next_res <= t_sent;
-        nxt <= t_sent * N0;
-        sample_valid <= 1'b0;
+      end else if (reset_period != 0 && !preloading && !dumping && next_res < n_samples) begin
+        if (reset_wait != 0) reset_wait <= reset_wait - 1;
+        else begin
+          reset_wait <= 1 + r2 % (2 * reset_period);   // uniform, mean reset_period
+          rst <= 1'b1;
+          rst_left <= 1 + r2[5:4];
+          t_sent = sent + ((sample_valid && sample_ready && last_presented) ? 1 : 0);
+          t_res = next_res + ((result_valid && result_ready) ? 1 : 0);
+          if (t_sent > t_res) next_res <= t_sent;
+          nxt <= t_sent * N0;
+          cur_sample <= t_sent;
+          cur_elem <= 0;
+          sample_valid <= 1'b0;
+        end
       end
       // ---- parameter dump over the host port ----
       if (dumping) begin
@@ -228,6 +242,7 @@ module tb_harness;
     if (!$value$plusargs("idle=%d", idle_permille)) idle_permille = 0;
     if (!$value$plusargs("bp=%d", bp_permille)) bp_permille = 0;
     if (!$value$plusargs("reset_period=%d", reset_period)) reset_period = 0;
+    reset_wait = reset_period;
     $readmemh({{out_prefix, "_x.hex"}}, xs, 0, n_samples * N0 - 1);
     $readmemh({{out_prefix, "_ctrl.hex"}}, ctrl, 0, n_samples - 1);
     $readmemh({{out_prefix, "_dump_addr.hex"}}, dump_addr);

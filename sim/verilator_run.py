@@ -56,13 +56,20 @@ def _config_key(cfg: EngineConfig, max_samples: int) -> str:
     return h.hexdigest()[:16]
 
 
-def build_engine(cfg: EngineConfig, max_samples: int = 512):
-    """Generate and compile one configuration (cached by a hash of the configuration)."""
+# Profile-guided optimisation of the simulator (gcc): build instrumented, run a few
+# samples, rebuild with the profile. About 5 % faster models for 2x the build time.
+_PGO_GENERATE = ["-CFLAGS", "-fprofile-generate", "-LDFLAGS", "-fprofile-generate"]
+_PGO_USE = ["-CFLAGS", "-fprofile-use -fprofile-correction -Wno-missing-profile -Wno-coverage-mismatch"]
+
+
+def build_engine(cfg: EngineConfig, max_samples: int = 512, pgo: bool = False):
+    """Generate and compile one configuration (cached by a hash of the configuration);
+    ``pgo``: a profile-guided build (for long runs: the main job and the benchmarks)."""
     from cocotb_tools.runner import get_runner
 
     from dfa_engine.gen.generate import TOP_NAME, generate
 
-    key = _config_key(cfg, max_samples)
+    key = _config_key(cfg, max_samples) + ("-pgo" if pgo else "")
     build_dir = BUILD_ROOT / key
     src_dir = build_dir / "src"
     stamp = build_dir / "built.ok"
@@ -82,7 +89,14 @@ def build_engine(cfg: EngineConfig, max_samples: int = 512):
         (src_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
         for attempt in (1, 2):
             try:
-                _build(runner, build_dir, src_dir, TOP_NAME)
+                if pgo:
+                    _build(runner, build_dir, src_dir, TOP_NAME, _PGO_GENERATE)
+                    _profile_run(runner, build_dir, cfg)
+                    for obj in build_dir.glob("*.o"):
+                        obj.unlink()
+                    _build(runner, build_dir, src_dir, TOP_NAME, _PGO_USE)
+                else:
+                    _build(runner, build_dir, src_dir, TOP_NAME)
                 break
             except RuntimeError:
                 # A loaded 2-core machine has shown a one-off compiler crash ("Bus error")
@@ -97,7 +111,19 @@ def build_engine(cfg: EngineConfig, max_samples: int = 512):
     return runner, build_dir
 
 
-def _build(runner, build_dir, src_dir, top_name):
+def _profile_run(runner, build_dir, cfg):
+    """A short training run of random samples for the compiler's profile (no checking)."""
+    rng = np.random.default_rng(0)
+    f = cfg.formats
+    n = 4
+    X = rng.integers(f.input.min_raw, f.input.max_raw + 1, size=(n, cfg.layers[0]))
+    Y = rng.integers(0, cfg.n_classes, size=n)
+    run_dir = _prepare_run(build_dir, "profile", cfg, X, Y, np.ones(n, dtype=bool))
+    _run_test(runner, build_dir, run_dir, run_dir / "io", n, 0.1, 0.1, False)
+    shutil.rmtree(run_dir)
+
+
+def _build(runner, build_dir, src_dir, top_name, extra_args=()):
     runner.build(
         sources=[src_dir / f"{top_name}.v", src_dir / "tb_harness.sv"],
         hdl_toplevel="tb_harness",
@@ -108,7 +134,7 @@ def _build(runner, build_dir, src_dir, top_name):
         # cocotb scoreboard reads with public_flat_rd metacomments instead (read-only: a
         # writable public signal makes Verilator re-evaluate its fan-out after every VPI call).
         build_args=["--no-public-flat-rw", "-Wno-fatal", "-Wno-lint", "-Wno-style", "--timing", "-O3", "--x-assign", "fast",
-                    "--x-initial", "fast", "-CFLAGS", "-std=c++20", "-CFLAGS", "-fcoroutines"],
+                    "--x-initial", "fast", "-CFLAGS", "-std=c++20", "-CFLAGS", "-fcoroutines", *extra_args],
         timescale=("1ns", "1ps"),
         always=True,
         log_file=build_dir / "build.log",
@@ -129,7 +155,7 @@ def _watch_progress(path: Path, progress, stop: threading.Event):
 
 
 def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=0.0, max_samples=512,
-                 tag="run", check=True, progress=None, reset_period=0) -> dict:
+                 tag="run", check=True, progress=None, reset_period=0, pgo=False) -> dict:
     """Train the RTL on ``X`` (raw input format) / ``Y`` in Verilator; returns the summary dict:
     ``results`` (prediction, trained, rejected per sample; ``dropped`` where a reset dropped
     the result), ``mismatch`` (first difference or None), ``params_equal``, ``cycles``,
@@ -137,32 +163,16 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
 
     ``reset_period``: when nonzero, the harness asserts reset at random cycles of the
     training phase, on average every ``reset_period`` cycles, for 1 to 4 cycles
-    (``docs/architecture.md``, "Reset")."""
+    (``docs/architecture.md``, "Reset"). ``pgo``: use a profile-guided build."""
     X = np.asarray(X, dtype=np.int64)
     Y = np.asarray(Y, dtype=np.int64)
     n = len(X)
     if n > max_samples:
         raise ValueError(f"{n} samples exceed the harness capacity max_samples={max_samples}")
     train = np.ones(n, dtype=bool) if train is None else np.asarray(train, dtype=bool)
-    runner, build_dir = build_engine(cfg, max_samples)
-    run_dir = build_dir / f"run_{tag}_{os.getpid()}"
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True)
+    runner, build_dir = build_engine(cfg, max_samples, pgo=pgo)
+    run_dir = _prepare_run(build_dir, tag, cfg, X, Y, train)
     prefix = run_dir / "io"
-    mask = (1 << cfg.formats.input.width) - 1
-    (run_dir / "io_x.hex").write_text("\n".join(f"{int(v) & mask:x}" for v in X.reshape(-1)) + "\n")
-    (run_dir / "io_ctrl.hex").write_text(
-        "\n".join(f"{(int(t) << 16) | (int(y) & 0xFFFF):x}" for y, t in zip(Y, train)) + "\n")
-    (run_dir / "io_dump_addr.hex").write_text("\n".join(f"{a:x}" for a in dump_addresses(cfg)) + "\n")
-    # the initial parameters, written through the host port before the first sample
-    data_bits = payload_widths(cfg)["data"]
-    pre = [f"{(a << data_bits) | (int(v) & ((1 << data_bits) - 1)):x}"
-           for a, v in zip(dump_addresses(cfg), parameter_values(initial_parameters(cfg)))]
-    (run_dir / "io_preload.hex").write_text("\n".join(pre) + "\n")
-    np.savez(run_dir / "io_data.npz", X=X, Y=Y, train=train)
-    with open(run_dir / "config.pkl", "wb") as fh:   # handed to the cocotb process as is
-        pickle.dump(cfg, fh)
     stop = threading.Event()
     watcher = None
     if progress is not None:
@@ -183,6 +193,28 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
     summary["wall_seconds_total"] = wall
     summary["run_dir"] = str(run_dir)
     return summary
+
+
+def _prepare_run(build_dir, tag, cfg, X, Y, train) -> Path:
+    """A fresh run directory with the harness's input files and the cocotb module's data."""
+    run_dir = build_dir / f"run_{tag}_{os.getpid()}"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True)
+    mask = (1 << cfg.formats.input.width) - 1
+    (run_dir / "io_x.hex").write_text("\n".join(f"{int(v) & mask:x}" for v in X.reshape(-1)) + "\n")
+    (run_dir / "io_ctrl.hex").write_text(
+        "\n".join(f"{(int(t) << 16) | (int(y) & 0xFFFF):x}" for y, t in zip(Y, train)) + "\n")
+    (run_dir / "io_dump_addr.hex").write_text("\n".join(f"{a:x}" for a in dump_addresses(cfg)) + "\n")
+    # the initial parameters, written through the host port before the first sample
+    data_bits = payload_widths(cfg)["data"]
+    pre = [f"{(a << data_bits) | (int(v) & ((1 << data_bits) - 1)):x}"
+           for a, v in zip(dump_addresses(cfg), parameter_values(initial_parameters(cfg)))]
+    (run_dir / "io_preload.hex").write_text("\n".join(pre) + "\n")
+    np.savez(run_dir / "io_data.npz", X=X, Y=Y, train=train)
+    with open(run_dir / "config.pkl", "wb") as fh:   # handed to the cocotb process as is
+        pickle.dump(cfg, fh)
+    return run_dir
 
 
 def _run_test(runner, build_dir, run_dir, prefix, n, idle, backpressure, check, reset_period=0):

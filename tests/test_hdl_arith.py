@@ -18,6 +18,9 @@ def _edges(width):
 @pytest.mark.parametrize("in_width,in_frac,fmt,mode", [
     (24, 22, "s5.10", "nearest"), (24, 22, "s5.10", "trunc"), (20, 12, "s1.6", "nearest"),
     (12, 4, "s3.8", "nearest"), (32, 29, "s1.14", "stochastic"), (16, 10, "u0.8", "trunc"),
+    # inputs whose rounded range lies inside the format: no clamp is built, none may fire
+    (16, 14, "s1.14", "nearest"), (10, 8, "s3.10", "trunc"), (16, 16, "s3.10", "nearest"),
+    (16, 18, "s3.10", "stochastic"),
 ])
 def test_requantize_matches_golden(in_width, in_frac, fmt, mode):
     fmt = FixedFormat.parse(fmt)
