@@ -406,3 +406,16 @@ def test_convert_default_configuration():
 
     text = rtlil.convert(HostLink(load_config(None)))
     assert len(text) < 1_000_000
+
+
+def test_link_top_converts_with_four_pins():
+    """The board-independent top (boards/top.py): UART pins, link and engine, as Verilog."""
+    import re
+
+    from dfa_engine.boards.top import LinkTop, link_top_verilog
+
+    verilog_text = link_top_verilog(CFG, divisor=4)
+    ports = re.search(r"module dfa_link_top\(([^)]*)\)", verilog_text).group(1)
+    assert sorted(p.strip() for p in ports.split(",")) == ["clk", "rst", "rx", "tx"]
+    with pytest.raises(TypeError, match=r"^Configuration must be an EngineConfig, not 3$"):
+        LinkTop(3, divisor=4)
