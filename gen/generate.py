@@ -15,7 +15,7 @@ from amaranth.back import verilog
 from dfa_engine.config import ConfigError, EngineConfig
 from dfa_engine.feedback import initial_parameters
 from dfa_engine.hdl.engine import COUNTERS, Engine, address_layout
-from dfa_engine.tables import exp_table
+from dfa_engine.tables import EXP_FRAC_BITS, exp_table
 
 __all__ = ["generate", "engine_info", "estimate_cycles", "check_feasible", "memory_bits", "TOP_NAME"]
 
@@ -36,7 +36,10 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     groups = [_ceil_div(n[l + 1], P) for l in range(L)]
     drain = 4
     fwd = sum(groups[l] * n[l] + drain for l in range(L))
-    err = 2 + 1 + (C - 1) + 1 + C + 1 + 33 + C + 1 + 1
+    # output error: start, max (C), exp (C + 1), divide (33), then per class a load, a
+    # shift-and-add multiply (one bit of E a cycle) and a store
+    ew = EXP_FRAC_BITS + 1
+    err = 2 + 1 + (C - 1) + 1 + C + 1 + 33 + C * (ew + 2) + 1 + 1
     delta_out = groups[-1]
     dfa = max([groups[l] + 2 for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
     bp = sum(n[l + 1] * groups[l + 1] + drain + 1 for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1) + 1

@@ -246,7 +246,9 @@ class Engine(wiring.Component):
         m.submodules.mac = mac = MACArray(lanes=P, x_shape=x_shape, w_shape=f.weight.amaranth_shape(),
                                           acc_width=acc_width, bias_shape=signed(bW + max_bias_shift))
         m.d.comb += mac.o.ready.eq(1)
-        m.submodules.oerr = oerr = OutputError(cfg)
+        m.submodules.oerr = oerr = OutputError(cfg, P)
+        # the output error lives in the unit's registers (valid from ERR_WAIT to the next ERR)
+        e_regs = Array(oerr.e[c] for c in range(C))
         proj = [None] * L        # sparse: the projection unit
         dmac = [None] * L        # dense: a MAC array of its own, x = e_c broadcast
         is_dfa = [l < L - 1 and cfg.methods[l] == "dfa" for l in range(L)]
@@ -276,8 +278,6 @@ class Engine(wiring.Component):
         label = Signal(16)
         train = Signal()
         rejected = Signal()
-        y_regs = Array(Signal(f.activation.amaranth_shape(), name=f"y{c}") for c in range(C))
-        e_regs = Array(Signal(f.error.amaranth_shape(), name=f"e{c}") for c in range(C))
         prediction = Signal(_bits(C))
         # Counters survive a reset (reset_less) and saturate at COUNTER_MAX.
         counters = {name: Signal(32, name=f"count_{name}", reset_less=True) for name in COUNTERS}
@@ -423,11 +423,10 @@ class Engine(wiring.Component):
                 m.d.comb += [h_wr[l].data.eq(Cat(*hsig)), h_wr[l].en.eq(active_here),
                              mask_wr[l].addr.eq(res_g), mask_wr[l].data.eq(Cat(*mv)), mask_wr[l].en.eq(active_here)]
             else:
+                # the logits go straight into the output-error unit, P a cycle
+                m.d.comb += [oerr.y_wr.en.eq(active_here), oerr.y_wr.group.eq(res_g)]
                 for p in range(P):
-                    for c in range(C):
-                        if c % P == p:
-                            with m.If(active_here & (res_g == c // P)):
-                                m.d.sync += y_regs[c].eq(rq[p].o)
+                    m.d.comb += oerr.y_wr.value[p].eq(rq[p].o)
 
         # ---- DFA projections: all DFA layers at once -----------------------------------
         # Each DFA layer walks its groups with its own counter; e is broadcast to all.
@@ -700,8 +699,6 @@ class Engine(wiring.Component):
                         m.d.sync += [layer.eq(layer + 1), g.eq(0)]
                         m.next = "FWD"
             with m.State("ERR"):
-                for c in range(C):
-                    m.d.comb += oerr.i.payload.y[c].eq(y_regs[c])
                 m.d.comb += [oerr.i.payload.label.eq(Mux(label_ok, label, 0)), oerr.i.valid.eq(1)]
                 with m.If(oerr.i.ready):
                     m.d.sync += rejected.eq(~label_ok)
@@ -709,8 +706,6 @@ class Engine(wiring.Component):
             with m.State("ERR_WAIT"):
                 m.d.comb += oerr.o.ready.eq(1)
                 with m.If(oerr.o.valid):
-                    for c in range(C):
-                        m.d.sync += e_regs[c].eq(oerr.o.payload.e[c])
                     m.d.sync += [prediction.eq(oerr.o.payload.prediction), g.eq(0)]
                     with m.If(train & ~rejected):
                         m.d.comb += e_sat.eq(oerr.o.payload.saturated)

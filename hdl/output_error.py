@@ -1,14 +1,18 @@
 """The output-error unit: ``e = softmax(y) - onehot(t)`` exactly as ``docs/numerics.md`` 4.
 
 Sequential and small: one class per cycle for the maximum, one per cycle for the exp-table
-look-up and the sum, a 1-bit-per-cycle restoring divider for ``R = floor(2^31 / S)``, one
-class per cycle for ``p = round(E R)``. About ``3 C + 33`` cycles per sample, next to the
-thousands of the MAC passes. The prediction (first maximum) falls out of the first pass.
+look-up and the sum, a 1-bit-per-cycle restoring divider for ``R = floor(2^31 / S)``, and
+for each class a shift-and-add multiplication ``E R`` (one bit of ``E`` a cycle) for
+``p = round(E R)``. About ``(E_bits + 4) C + 36`` cycles per sample, next to the thousands
+of the MAC passes, and no multiplier: on the iCE40 UP5K the 8 DSPs all go to the lanes.
+The unit owns the logits (written by the engine, ``P`` a cycle, as the MAC array produces
+them) and the output error registers (read by the engine until the next start), so neither
+is held twice. The prediction (first maximum) falls out of the first pass.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Module, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -19,27 +23,42 @@ __all__ = ["OutputError"]
 
 
 class OutputError(wiring.Component):
-    """Stream in ``{y[C], label}``, stream out ``{e[C], prediction}``.
+    """Logits written in, ``label`` streamed in to start, ``e[C]`` and the prediction out.
+
+    Parameters
+    ----------
+    cfg : EngineConfig
+    lanes : int
+        Logits written per cycle (the engine's ``P``).
 
     Members
     -------
-    i : In(stream.Signature(StructLayout{y: ArrayLayout(activation, C), label}))
-    o : Out(stream.Signature(StructLayout{e: ArrayLayout(error, C), prediction, saturated}))
-        ``saturated`` counts the elements of ``e`` that were clamped (site ``e``).
+    y_wr : In(StructLayout{en, group, value: ArrayLayout(activation, lanes)})
+        When ``en``: ``y[group * lanes + p] = value[p]`` for every ``p`` below ``C``.
+    i : In(stream.Signature(StructLayout{label}))
+        Starts the computation on the logits written so far.
+    o : Out(stream.Signature(StructLayout{prediction, saturated}))
+        One transfer when ``e`` is ready; ``saturated`` counts the elements of ``e`` that
+        were clamped (site ``e``).
+    e : Out(ArrayLayout(error, C))
+        The output error, valid from ``o.valid`` until the next start.
     """
 
-    def __init__(self, cfg: EngineConfig):
-        self._cfg = cfg
+    def __init__(self, cfg: EngineConfig, lanes: int = 1):
+        if not isinstance(lanes, int) or lanes < 1:
+            raise ValueError(f"Lane count must be a positive integer, not {lanes!r}")
+        self._cfg, self._lanes = cfg, lanes
         f = cfg.formats
         C = cfg.n_classes
         idx_w = max(1, (C - 1).bit_length())
         self._idx_w = idx_w
+        groups = -(-C // lanes)
         super().__init__({
-            "i": In(stream.Signature(data.StructLayout({
-                "y": data.ArrayLayout(f.activation.amaranth_shape(), C), "label": idx_w}))),
-            "o": Out(stream.Signature(data.StructLayout({
-                "e": data.ArrayLayout(f.error.amaranth_shape(), C), "prediction": idx_w,
-                "saturated": idx_w + 1}))),
+            "y_wr": In(data.StructLayout({"en": 1, "group": range(max(groups, 2)),
+                                          "value": data.ArrayLayout(f.activation.amaranth_shape(), lanes)})),
+            "i": In(stream.Signature(data.StructLayout({"label": idx_w}))),
+            "o": Out(stream.Signature(data.StructLayout({"prediction": idx_w, "saturated": idx_w + 1}))),
+            "e": Out(data.ArrayLayout(f.error.amaranth_shape(), C)),
         })
 
     def elaborate(self, platform):
@@ -65,6 +84,15 @@ class OutputError(wiring.Component):
         bit = Signal(range(RECIP_BITS + 2))
         sat_count = Signal(self._idx_w + 1)
 
+        # logits, P a cycle, from the engine
+        P = self._lanes
+        with m.If(self.y_wr.en):
+            for gg in range(-(-C // P)):
+                with m.If(self.y_wr.group == gg):
+                    for p in range(P):
+                        if gg * P + p < C:
+                            m.d.sync += y[gg * P + p].eq(self.y_wr.value[p])
+
         d = Signal(act.width + 1)
         m.d.comb += d.eq(ymax - y[idx])
         k = Signal(len(d))
@@ -73,11 +101,17 @@ class OutputError(wiring.Component):
         e_now = Signal(EXP_FRAC_BITS + 1)
         m.d.comb += e_now.eq(((k < N)).replicate(EXP_FRAC_BITS + 1) & rd.data)
 
-        prod = Signal(2 * RECIP_BITS + 2)
-        m.d.comb += prod.eq(E[idx] * quo)
+        # E R by shift and add, one bit of E a cycle (the accumulator's high part gets R or
+        # 0, then the whole shifts right): after len(E) steps acc = E R exactly.
+        ew, qw = EXP_FRAC_BITS + 1, RECIP_BITS + 1
+        acc = Signal(ew + qw)
+        mul_e = Signal(ew)
+        step = Signal(range(ew + 1))
+        added = Signal(qw + 1)
+        m.d.comb += added.eq(acc[ew:] + Mux(mul_e[0], quo, 0))
         shift = RECIP_BITS - fe
-        p = Signal(signed(len(prod) + 2))
-        m.d.comb += p.eq(((prod + (1 << (shift - 1))) >> shift) - (idx == label) * (1 << fe))
+        p = Signal(signed(ew + qw + 2))
+        m.d.comb += p.eq(((acc + (1 << (shift - 1))) >> shift) - (idx == label) * (1 << fe))
         e_sat = Signal(f.error.amaranth_shape())
         is_sat = Signal()
         with m.If(p > f.error.max_raw):
@@ -91,10 +125,7 @@ class OutputError(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    for c in range(C):
-                        m.d.sync += y[c].eq(self.i.payload.y[c])
-                    m.d.sync += [label.eq(self.i.payload.label), idx.eq(1),
-                                 ymax.eq(self.i.payload.y[0]), pred.eq(0)]
+                    m.d.sync += [label.eq(self.i.payload.label), idx.eq(1), ymax.eq(y[0]), pred.eq(0)]
                     m.next = "MAX"
             with m.State("MAX"):
                 with m.If(idx == C):
@@ -129,8 +160,15 @@ class OutputError(wiring.Component):
                                  self.o.payload.saturated.eq(sat_count)]
                     m.next = "OUT"
                 with m.Else():
-                    m.d.sync += [self.o.payload.e[idx].eq(e_sat), sat_count.eq(sat_count + is_sat),
-                                 idx.eq(idx + 1)]
+                    m.d.sync += [acc.eq(0), mul_e.eq(E[idx]), step.eq(0)]
+                    m.next = "MUL"
+            with m.State("MUL"):
+                m.d.sync += [acc.eq(Cat(acc[1:ew], added)), mul_e.eq(mul_e >> 1), step.eq(step + 1)]
+                with m.If(step == ew - 1):
+                    m.next = "STORE"
+            with m.State("STORE"):
+                m.d.sync += [self.e[idx].eq(e_sat), sat_count.eq(sat_count + is_sat), idx.eq(idx + 1)]
+                m.next = "PROB"
             with m.State("OUT"):
                 with m.If(self.o.ready):
                     m.d.sync += self.o.valid.eq(0)

@@ -27,18 +27,25 @@ def test_output_error_matches_golden(classes, act, err, t, size):
         spread = int(rng.choice([1 << fmt.frac_bits, 8 << fmt.frac_bits, fmt.max_raw]))
         cases.append(np.clip(rng.integers(-spread, spread + 1, size=classes), fmt.min_raw, fmt.max_raw))
     labels = [int(rng.integers(0, classes)) for _ in cases]
-    dut = OutputError(cfg)
+    lanes = 3
+    dut = OutputError(cfg, lanes)
     got = []
 
     async def bench(ctx):
         for y, label in zip(cases, labels):
-            ctx.set(dut.i.payload, {"y": [int(v) for v in y], "label": label})
+            # the logits, `lanes` a cycle, as the engine writes them
+            for g in range(-(-classes // lanes)):
+                vals = [int(y[g * lanes + p]) if g * lanes + p < classes else 0 for p in range(lanes)]
+                ctx.set(dut.y_wr, {"en": 1, "group": g, "value": vals})
+                await ctx.tick()
+            ctx.set(dut.y_wr.en, 0)
+            ctx.set(dut.i.payload, {"label": label})
             ctx.set(dut.i.valid, 1)
             await ctx.tick().until(dut.i.ready)
             ctx.set(dut.i.valid, 0)
             ctx.set(dut.o.ready, 1)
-            (payload,) = await ctx.tick().sample(dut.o.payload).until(dut.o.valid)
-            got.append(([int(v) for v in payload.e], int(payload.prediction), int(payload.saturated)))
+            (payload, e) = await ctx.tick().sample(dut.o.payload, dut.e).until(dut.o.valid)
+            got.append(([int(v) for v in e], int(payload.prediction), int(payload.saturated)))
 
     sim = Simulator(dut)
     sim.add_clock(1e-6)
