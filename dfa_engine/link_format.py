@@ -25,6 +25,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from dfa_engine.config import EngineConfig
+# the engine's ports are defined once, in hdl/engine.py; re-exported here for the host side
+from dfa_engine.hdl.engine import LABEL_BITS, address_layout, engine_signature, host_data_width
 
 __all__ = [
     "FLAG", "ESCAPE", "ESCAPE_XOR", "CRC_POLY", "CRC_INIT", "HEADER_BYTES", "CRC_BYTES",
@@ -69,7 +71,6 @@ RESULT_REJECTED = 0x02
 RESPONSE_ERROR = 0x01      # WRITE_ACK / READ_RESP flags: the engine refused the access
 
 #: Width of the engine's label field (``Engine.sample.payload.label``).
-LABEL_BITS = 16
 COUNTER_BYTES = 4
 #: The link's own counters, in STATUS_RESP order (``docs/host_link.md`` defines each).
 LINK_COUNTERS = ("frames_ok", "bad_crc", "bad_frame", "bytes_dropped")
@@ -113,8 +114,6 @@ class LinkFormat:
     def __init__(self, cfg: EngineConfig):
         if not isinstance(cfg, EngineConfig):
             raise TypeError(f"Configuration must be an EngineConfig, not {cfg!r}")
-        # Imported here: hdl.engine is the one definition of the host address map.
-        from dfa_engine.hdl.engine import address_layout
 
         f = cfg.formats
         self.cfg = cfg
@@ -175,28 +174,3 @@ class LinkFormat:
         return HEADER_BYTES + self.max_payload(types) + CRC_BYTES
 
 
-def host_data_width(cfg: EngineConfig) -> int:
-    """Width of the engine's host data word (``Engine.host_req.payload.data``).
-
-    The engine sizes it the same way in ``Engine.__init__``; ``tests/test_link.py`` checks
-    that :func:`engine_signature` equals the engine's signature, and ``wiring.connect``
-    refuses a mismatch at build time."""
-    f = cfg.formats
-    return max(32, f.weight.width, f.bias.width)
-
-
-def engine_signature(cfg: EngineConfig) -> wiring.Signature:
-    """The signature of ``Engine(cfg)`` (its four streams), seen from the engine's side."""
-    fmt = LinkFormat(cfg)
-    f = cfg.formats
-    return wiring.Signature({
-        "sample": In(stream.Signature(data.StructLayout({
-            "data": f.input.amaranth_shape(), "label": LABEL_BITS, "train": 1}))),
-        "result": Out(stream.Signature(data.StructLayout({
-            "prediction": fmt.prediction_width, "e": data.ArrayLayout(f.error.amaranth_shape(), fmt.n_classes),
-            "trained": 1, "rejected": 1}))),
-        "host_req": In(stream.Signature(data.StructLayout({
-            "address": fmt.address_width, "write": 1, "data": signed(fmt.data_width)}))),
-        "host_resp": Out(stream.Signature(data.StructLayout({
-            "data": signed(fmt.data_width), "error": 1}))),
-    })

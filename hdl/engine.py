@@ -39,7 +39,8 @@ from .mac import MACArray
 from .output_error import OutputError
 from .update import UpdateLanes
 
-__all__ = ["Engine", "address_layout", "host_address", "COUNTERS"]
+__all__ = ["Engine", "address_layout", "host_address", "COUNTERS", "LABEL_BITS", "host_data_width",
+           "engine_signature"]
 
 #: Read-only counters at ``kind = 2``, by index.
 COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
@@ -68,6 +69,35 @@ def address_layout(cfg: EngineConfig, lanes: int) -> dict:
     }
 
 
+#: Width of the sample stream's label field.
+LABEL_BITS = 16
+
+
+def host_data_width(cfg: EngineConfig) -> int:
+    """Width of the host port's data word: any weight or bias, and the 32-bit counters."""
+    return max(32, cfg.formats.weight.width, cfg.formats.bias.width)
+
+
+def engine_signature(cfg: EngineConfig) -> wiring.Signature:
+    """The engine's ports (its four streams), from the engine's side: the one definition
+    that the engine, the host link (``boards/link.py``) and the host's frame layouts
+    (``dfa_engine/link_format.py``) share."""
+    f, C = cfg.formats, cfg.n_classes
+    addr_width = sum(address_layout(cfg, cfg.lanes).values())
+    data_width = host_data_width(cfg)
+    return wiring.Signature({
+        "sample": In(stream.Signature(data.StructLayout({
+            "data": f.input.amaranth_shape(), "label": LABEL_BITS, "train": 1}))),
+        "result": Out(stream.Signature(data.StructLayout({
+            "prediction": _bits(C), "e": data.ArrayLayout(f.error.amaranth_shape(), C),
+            "trained": 1, "rejected": 1}))),
+        "host_req": In(stream.Signature(data.StructLayout({
+            "address": addr_width, "write": 1, "data": signed(data_width)}))),
+        "host_resp": Out(stream.Signature(data.StructLayout({
+            "data": signed(data_width), "error": 1}))),
+    })
+
+
 class Engine(wiring.Component):
     """The generated MLP trainer for one :class:`EngineConfig`.
 
@@ -92,19 +122,8 @@ class Engine(wiring.Component):
         f = cfg.formats
         C = cfg.n_classes
         self._addr = address_layout(cfg, self._P)
-        addr_width = sum(self._addr.values())
-        self._data_width = max(32, f.weight.width, f.bias.width)
-        super().__init__({
-            "sample": In(stream.Signature(data.StructLayout({
-                "data": f.input.amaranth_shape(), "label": 16, "train": 1}))),
-            "result": Out(stream.Signature(data.StructLayout({
-                "prediction": _bits(C), "e": data.ArrayLayout(f.error.amaranth_shape(), C),
-                "trained": 1, "rejected": 1}))),
-            "host_req": In(stream.Signature(data.StructLayout({
-                "address": addr_width, "write": 1, "data": signed(self._data_width)}))),
-            "host_resp": Out(stream.Signature(data.StructLayout({
-                "data": signed(self._data_width), "error": 1}))),
-        })
+        self._data_width = host_data_width(cfg)
+        super().__init__(engine_signature(cfg))
 
     @property
     def cfg(self):
