@@ -17,15 +17,15 @@ __all__ = ["harness_source", "dump_addresses", "parameter_values", "payload_widt
 
 
 def payload_widths(cfg: EngineConfig) -> dict:
-    f, C = cfg.formats, cfg.n_classes
-    pred = max(1, (C - 1).bit_length())
-    from dfa_engine.hdl.engine import address_layout
+    """Bit widths of the engine's port payloads, read off its signature (one definition)."""
+    from dfa_engine.hdl.engine import engine_signature
 
-    addr = sum(address_layout(cfg, cfg.lanes).values())
-    data = max(32, f.weight.width, f.bias.width)
-    return {"in": f.input.width, "sample": f.input.width + 17, "pred": pred, "err": f.error.width,
-            "result": pred + C * f.error.width + 2, "addr": addr, "data": data,
-            "req": addr + 1 + data, "resp": data + 1}
+    sig = engine_signature(cfg).members
+    lay = {name: sig[name].signature.members["payload"].shape for name in sig}
+    return {"in": lay["sample"]["data"].width, "sample": lay["sample"].size,
+            "pred": lay["result"]["prediction"].width, "err": cfg.formats.error.width,
+            "result": lay["result"].size, "addr": lay["host_req"]["address"].width,
+            "data": lay["host_resp"]["data"].width, "req": lay["host_req"].size, "resp": lay["host_resp"].size}
 
 
 def dump_addresses(cfg: EngineConfig) -> list:
