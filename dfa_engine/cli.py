@@ -46,7 +46,8 @@ class ProgressBar:
 
 
 def _cmd_train(args) -> int:
-    """Train the bit-exact golden model on a real data set and report accuracy and speed."""
+    """Train the bit-exact golden model on a real data set and report accuracy and speed;
+    with --port, train a board over its host link instead and check it against the golden model."""
     from .data import load_dataset
     from .sim.golden import GoldenModel
 
@@ -57,6 +58,10 @@ def _cmd_train(args) -> int:
     if ds.n_features != cfg.layers[0]:
         raise ConfigError("network.layers[0]", cfg.layers[0],
                           f"must equal the {args.dataset} input size {ds.n_features}")
+    if args.port is not None:
+        from . import board_train
+
+        return board_train.run(args, cfg, ds)
     n = len(ds.x_train) if args.samples is None else min(args.samples, len(ds.x_train))
     x_train = cfg.formats.input.from_float(ds.x_train[:n])
     x_test = cfg.formats.input.from_float(ds.x_test)
@@ -189,6 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, help="train on the first N training samples only")
     p.add_argument("--json", help="write the training history to this JSON file")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when not on a terminal")
+    p.add_argument("--port", metavar="DEV", help="train a board on this serial port over its host link "
+                   "(docs/host_link.md; one epoch unless --epochs), compare with the golden model")
+    p.add_argument("--baud", type=int, default=115200, help="with --port: the link's baud rate (default 115200)")
+    p.add_argument("--test-samples", type=int, metavar="M", help="with --port: infer the first M test samples only")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("rtl", help="generate the engine, train it in Verilator, compare with the golden model",

@@ -5,6 +5,7 @@ import sys
 
 import numpy as np
 import pytest
+from _board_model import BoardModel
 
 from dfa_engine.config import config_from_dict
 from dfa_engine.hdl.engine import COUNTERS
@@ -171,74 +172,8 @@ def test_decoder_counters():
 
 
 # ---- HostClient ---------------------------------------------------------------------------
-class FakeBoard:
-    """A transport that behaves as the board: the link's receiver, and the golden model in
-    place of the engine. ``corrupt`` damages the next response on its way back."""
-
-    def __init__(self, cfg):
-        from dfa_engine.hdl.engine import address_layout
-
-        self.cfg, self.fmt = cfg, LinkFormat(cfg)
-        self.golden = GoldenModel(cfg)
-        self.rx = FrameDecoder(self.fmt, TO_BOARD)
-        self.out = bytearray()
-        self.corrupt = False
-        self.trained = 0
-        self.fields = address_layout(cfg, cfg.lanes)
-        self.written = []
-
-    def _param(self, address):
-        f, vals, off = self.fields, {}, 0
-        for name, width in f.items():
-            vals[name] = (address >> off) & ((1 << width) - 1)
-            off += width
-        row = vals["group"] * self.cfg.lanes + vals["lane"]
-        return vals["kind"], vals["layer"], row, vals["column"]
-
-    def write(self, data):
-        for frame in self.rx.feed(data):
-            p = frame.payload
-            if frame.type == SAMPLE:
-                x = list(p[3:])
-                label = int.from_bytes(p[1:3], "little")
-                if p[0] & 1:
-                    pred = self.golden.train_step(x, label)
-                    self.trained += 1
-                    fields = {"prediction": pred, "e": list(self.golden.last_error), "trained": True,
-                              "rejected": False}
-                else:
-                    pred = self.golden.predict(x)
-                    fields = {"prediction": pred, "e": [0] * 3, "trained": False, "rejected": False}
-                resp = encode_response(self.fmt, RESULT, fields)
-            elif frame.type in (WRITE, READ):
-                kind, layer, row, col = self._param(int.from_bytes(p[:2], "little"))
-                error = False
-                if kind == 2:
-                    value = self.trained if col == COUNTERS.index("samples_trained") else 0
-                else:
-                    arr = self.golden.W[layer] if kind == 0 else self.golden.b[layer]
-                    index = (row, col) if kind == 0 else (row,)
-                    if frame.type == WRITE:
-                        value = int.from_bytes(p[2:6], "little", signed=True)
-                        # write_parameter keeps the golden model's float copy in step
-                        if not self.golden.write_parameter("weight" if kind == 0 else "bias", layer, row, col, value):
-                            error = True
-                        else:
-                            self.written.append((kind, layer, row, col, value))
-                    else:
-                        value = int(arr[index])
-                resp = encode_response(self.fmt, WRITE_ACK if frame.type == WRITE else READ_RESP,
-                                       {"data": value, "error": error})
-            else:
-                resp = encode_response(self.fmt, STATUS_RESP, self.rx.counters)
-            if self.corrupt:
-                resp = resp[:3] + bytes([resp[3] ^ 1]) + resp[4:]
-                self.corrupt = False
-            self.out += resp
-
-    def read(self, n):
-        data, self.out = bytes(self.out[:n]), self.out[n:]
-        return data
+# the board: the link's receiver, and the golden model in place of the engine
+FakeBoard = BoardModel
 
 
 def test_client_against_a_board_model():
