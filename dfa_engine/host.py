@@ -381,8 +381,7 @@ class HostClient:
 
 
 def open_serial(port: str, baud: int = 115200, timeout: float = 1.0):
-    """Open a serial port for :class:`HostClient` (needs ``pyserial``, not a dependency of
-    dfa-engine: only a host talking to a board needs it)."""
+    """Open a serial port for :class:`HostClient` (``pyserial``, imported only here)."""
     try:
         import serial
     except ImportError:
