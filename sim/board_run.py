@@ -42,7 +42,11 @@ import json
 import os
 import pickle
 import shutil
+import signal
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +55,7 @@ from dfa_engine.config import EngineConfig
 
 from .verilator_run import BUILD_ROOT, verilator_bin_dir
 
-__all__ = ["board_harness_source", "build_board", "run_board", "QUEUE_DEPTH"]
+__all__ = ["board_harness_source", "build_board", "run_board", "board_on_pty", "QUEUE_DEPTH"]
 
 #: Entries of each byte queue of the harness (a power of two).
 QUEUE_DEPTH = 4096
@@ -240,14 +244,7 @@ def _build(runner, cfg, divisor, build_dir):
     )
 
 
-def run_board(cfg: EngineConfig, test: str, X, Y, *, divisor: int = 8, tag: str = "run", **params) -> dict:
-    """Run the cocotb test ``test`` of :mod:`dfa_engine.sim.cocotb_board` on the simulated
-    board; ``X`` (raw input format) and ``Y`` are its samples, ``params`` its other knobs
-    (``n_train``, ``n_infer``, ``seed``, ``gap``, ...; see that module). Returns the test's
-    summary dict (``errors``: every mismatch found, empty when the board agreed with the
-    golden model throughout)."""
-    from cocotb_tools.runner import get_results
-
+def _prepare(cfg, test, X, Y, divisor, tag, params):
     runner, build_dir = build_board(cfg, divisor)
     run_dir = build_dir / f"run_{tag}_{test}_{os.getpid()}"
     if run_dir.exists():
@@ -257,6 +254,12 @@ def run_board(cfg: EngineConfig, test: str, X, Y, *, divisor: int = 8, tag: str 
         pickle.dump(cfg, fh)
     np.savez(run_dir / "data.npz", X=np.asarray(X, dtype=np.int64), Y=np.asarray(Y, dtype=np.int64))
     (run_dir / "params.json").write_text(json.dumps({"divisor": divisor, **params}))
+    return runner, build_dir, run_dir
+
+
+def _finish(runner, build_dir, run_dir, test, params) -> dict:
+    from cocotb_tools.runner import get_results
+
     xml = run_dir / "results.xml"
     try:
         _run_test(runner, build_dir, run_dir, test, params)
@@ -269,6 +272,54 @@ def run_board(cfg: EngineConfig, test: str, X, Y, *, divisor: int = 8, tag: str 
     summary = json.loads(summary_path.read_text())
     summary.update({"tests": tests, "failed": failed, "log": str(run_dir / "sim.log")})
     return summary
+
+
+def run_board(cfg: EngineConfig, test: str, X, Y, *, divisor: int = 8, tag: str = "run", **params) -> dict:
+    """Run the cocotb test ``test`` of :mod:`dfa_engine.sim.cocotb_board` on the simulated
+    board; ``X`` (raw input format) and ``Y`` are its samples, ``params`` its other knobs
+    (``n_train``, ``n_infer``, ``seed``, ``gap``, ...; see that module). Returns the test's
+    summary dict (``errors``: every mismatch found, empty when the board agreed with the
+    golden model throughout)."""
+    return _finish(*_prepare(cfg, test, X, Y, divisor, tag, params), test, params)
+
+
+@contextmanager
+def board_on_pty(cfg: EngineConfig, *, divisor: int = 8, tag: str = "pty", poll_cycles: int = 1000,
+                 max_seconds: float = 600):
+    """The simulated board on a pseudo-terminal, for programs that open a serial port::
+
+        with board_on_pty(cfg) as board:
+            subprocess.run(["dfa-engine", "train", "board.toml", "--port", board["port"]])
+        board["summary"]     # cycles, bytes each way, ... (set on leaving the block)
+
+    The simulation runs in a thread of this process (Verilator in its own process);
+    leaving the block stops it."""
+    runner, build_dir, run_dir = _prepare(cfg, "serve_pty", np.zeros((0, cfg.layers[0])), np.zeros(0), divisor, tag,
+                                          {"poll_cycles": poll_cycles, "max_seconds": max_seconds})
+    result = {}
+
+    def serve():
+        try:
+            result["summary"] = _finish(runner, build_dir, run_dir, "serve_pty", {})
+        except BaseException as exc:       # noqa: BLE001 (reported by the waiting thread)
+            result["error"] = exc
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    pty_file = run_dir / "pty"
+    while not pty_file.exists():
+        if not thread.is_alive():
+            raise RuntimeError(f"the simulated board did not start: {result.get('error')}; see {run_dir / 'sim.log'}")
+        time.sleep(0.05)
+    board = {"port": pty_file.read_text().strip(), "run_dir": str(run_dir)}
+    try:
+        yield board
+    finally:
+        (run_dir / "stop").write_text("")
+        thread.join()
+    if "error" in result:
+        raise RuntimeError(f"the simulated board failed: {result['error']}; see {run_dir / 'sim.log'}")
+    board["summary"] = result["summary"]
 
 
 def _run_test(runner, build_dir, run_dir, test, params):
@@ -285,3 +336,37 @@ def _run_test(runner, build_dir, run_dir, test, params):
         results_xml=str(run_dir / "results.xml"),
         log_file=run_dir / "sim.log",
     )
+
+
+def main(argv=None) -> int:
+    """``python -m dfa_engine.sim.board_run [CONFIG]``: a simulated board on a pseudo-terminal
+    until Ctrl-C (try ``dfa-engine train CONFIG --port PTY --dataset digits`` against it)."""
+    import argparse
+
+    from dfa_engine.config import load_config
+
+    parser = argparse.ArgumentParser(prog="python -m dfa_engine.sim.board_run", description=main.__doc__.split("\n")[0])
+    parser.add_argument("config", nargs="?", help="configuration TOML (default: the built-in default)")
+    parser.add_argument("--divisor", type=int, default=8, help="clock cycles per UART bit (default 8)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    print(f"building {cfg.network_name} with Verilator (cached per configuration) ...", flush=True)
+    build_board(cfg, args.divisor)
+    stop = threading.Event()
+    # Ctrl-C reaches the whole process group: the simulator starts with it ignored (and
+    # stops through board_on_pty), this process only ends its wait
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with board_on_pty(cfg, divisor=args.divisor, max_seconds=24 * 3600) as board:
+            signal.signal(signal.SIGINT, lambda *_: stop.set())
+            print(f"simulated board on {board['port']} (Ctrl-C to stop)", flush=True)
+            stop.wait()
+    except RuntimeError as exc:
+        print(f"stopped: {exc}")
+        return 0
+    s = board["summary"]
+    print(f"{s['cycles']:,} cycles simulated, {s['bytes_sent']:,} bytes in, {s['bytes_received']:,} bytes out")
+    return 0
+
+if __name__ == "__main__":
+    sys.exit(main())

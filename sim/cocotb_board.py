@@ -35,6 +35,7 @@ import json
 import os
 import pickle
 import time
+import tty
 from pathlib import Path
 
 import cocotb
@@ -488,4 +489,46 @@ async def end_to_end(dut):
 @cocotb.test()
 async def garbage(dut):
     await _run(dut, _garbage)
+
+
+@cocotb.test()
+async def serve_pty(dut):
+    """The simulated board on a pseudo-terminal: a host program (``dfa-engine train
+    --port``) opens the path written to ``pty`` in the run directory. Bytes from the
+    terminal go to the line every ``poll_cycles`` clock cycles; the board's bytes go back
+    as soon as a frame is complete (and at each poll). Ends when a file ``stop`` appears
+    in the run directory or after ``max_seconds``."""
+    run_dir, cfg, X, Y, p = _load()
+    line = SimLine(dut, p["divisor"], p.get("gap", 0))
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    os.set_blocking(master, False)
+    (run_dir / "pty").write_text(os.ttyname(slave))
+    await RisingEdge(dut.start)
+    poll_ns = 10 * p.get("poll_cycles", 1000)
+    stop = run_dir / "stop"
+    t0 = time.perf_counter()
+    deadline = time.monotonic() + p.get("max_seconds", 600)
+    wakes = 0
+    try:
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except BlockingIOError:
+                data = b""
+            await line.push(data)
+            await First(line._frame_end, Timer(poll_ns, "ns"))
+            out = line.take()
+            while out:
+                out = out[os.write(master, out):]
+            wakes += 1
+            if wakes % 64 == 0 and (stop.exists() or time.monotonic() > deadline):
+                break
+    finally:
+        os.close(master)
+        os.close(slave)
+    wall = time.perf_counter() - t0
+    summary = {"errors": [], "cycles": line.cycles, "wall_seconds": wall, "sim_cycles_per_second": line.cycles / wall,
+               "bytes_sent": line.bytes_sent, "bytes_received": line.bytes_received, "wakes": wakes}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
 

@@ -2,15 +2,18 @@
 Verilator, with ``HostClient`` as the host on the other end of the line
 (``sim/board_run.py``, ``sim/cocotb_board.py``).
 
-One build (about 25 s) serves both tests: a 64-16-10 sparse-DFA engine with 4 lanes,
+One build (about 25 s) serves all three tests: a 64-16-10 sparse-DFA engine with 4 lanes,
 8 clock cycles per UART bit, its weight memories loaded over the link.
 """
 
+import subprocess
+import sys
+
 import pytest
 
-from dfa_engine.config import config_from_dict
+from dfa_engine.config import config_from_dict, load_config
 from dfa_engine.data import load_dataset
-from dfa_engine.sim.board_run import run_board
+from dfa_engine.sim.board_run import board_on_pty, run_board
 
 CFG = config_from_dict({"network": {"layers": [64, 16, 10]}, "hardware": {"lanes": 4}})
 DIVISOR = 8
@@ -46,3 +49,20 @@ def test_board_link_under_garbage(seed):
     status = s["link_status"]
     assert status["frames_ok"] == s["requests"]
     assert status["bad_crc"] > 0 and status["bad_frame"] > 0 and status["bytes_dropped"] > 0
+
+
+def test_cli_train_port_against_the_simulated_board(tmp_path):
+    """The whole chain: ``dfa-engine train --port`` (pyserial, HostClient) on one side of a
+    pseudo-terminal, the simulated board's UART pins on the other."""
+    config = tmp_path / "board.toml"
+    config.write_text("[network]\nlayers = [64, 16, 10]\n\n[hardware]\nlanes = 4\n")
+    assert load_config(config).to_dict() == CFG.to_dict()
+    with board_on_pty(CFG, divisor=DIVISOR) as board:
+        r = subprocess.run([sys.executable, "-m", "dfa_engine.cli", "train", str(config), "--port", board["port"],
+                            "--dataset", "digits", "--samples", "20", "--test-samples", "10"],
+                           capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "link counters: frames_ok 2460, bad_crc 0, bad_frame 0, bytes_dropped 0" in r.stdout
+    assert "engine counters: samples_trained 20, samples_inferred 10," in r.stdout
+    assert r.stdout.strip().endswith("bit-exact against the golden model: yes")
+    assert board["summary"]["failed"] == 0
