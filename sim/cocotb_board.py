@@ -27,6 +27,8 @@ Tests:
   request must be exactly one valid frame to it and the garbage none, every request gets
   exactly one response (``HostClient`` refuses anything else), the STATUS responses equal
   the model's counters, and the weights read back equal the golden model's.
+- ``serve_pty``: no script; the board on a pseudo-terminal for a host program
+  (:func:`~dfa_engine.sim.board_run.board_on_pty`).
 """
 
 from __future__ import annotations
@@ -106,6 +108,12 @@ class SimLine:
         self.rx_rd = wr
         self.bytes_received += len(data)
         return data
+
+    async def poll(self, cycles: int) -> bytes:
+        """Run until a response's closing flag was received or ``cycles`` passed; returns
+        the bytes received."""
+        await First(self._frame_end, Timer(10 * cycles, "ns"))
+        return self.take()
 
     async def receive(self, timeout_cycles: int) -> bytes:
         """Wait until a response's closing flag was received or ``timeout_cycles`` passed
@@ -505,7 +513,7 @@ async def serve_pty(dut):
     os.set_blocking(master, False)
     (run_dir / "pty").write_text(os.ttyname(slave))
     await RisingEdge(dut.start)
-    poll_ns = 10 * p.get("poll_cycles", 1000)
+    poll_cycles = p.get("poll_cycles", 1000)
     stop = run_dir / "stop"
     t0 = time.perf_counter()
     deadline = time.monotonic() + p.get("max_seconds", 600)
@@ -517,8 +525,7 @@ async def serve_pty(dut):
             except BlockingIOError:
                 data = b""
             await line.push(data)
-            await First(line._frame_end, Timer(poll_ns, "ns"))
-            out = line.take()
+            out = await line.poll(poll_cycles)
             while out:
                 out = out[os.write(master, out):]
             wakes += 1
