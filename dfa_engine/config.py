@@ -27,6 +27,10 @@ FEEDBACK_KINDS = ("dense", "sparse")
 FEEDBACK_VALUES = ("pm1", "pow2", "fixed")
 FEEDBACK_STORAGE = ("table", "lfsr")
 MEMORY_KINDS = ("auto", "bram", "spram", "lutram")
+#: "two_pass": per sample, a forward pass and an update pass over the weights.
+#: "one_pass": the update of sample n is fused with the forward pass of sample n + 1 (each
+#: weight read once, updated, written back and multiplied; SGD order unchanged).
+SCHEDULES = ("two_pass", "one_pass")
 FORMAT_NAMES = ("input", "weight", "bias", "activation", "error", "feedback", "delta",
                 "update", "learning_rate")
 
@@ -88,6 +92,7 @@ class EngineConfig:
     softmax_table_size: int = 128
     lanes: int = 16
     memory: str = "auto"
+    schedule: str = "two_pass"
 
     # ---- derived quantities -------------------------------------------------
     @property
@@ -153,7 +158,7 @@ _SCHEMA = {
     "training": {"lr_shift", "learning_rate", "epochs", "seed"},
     "feedback": {"kind", "k", "values", "max_shift", "storage", "seed"},
     "softmax": {"table_frac_bits", "table_size"},
-    "hardware": {"lanes", "memory"},
+    "hardware": {"lanes", "memory", "schedule"},
 }
 
 _DEFAULT_FORMATS = {
@@ -290,6 +295,7 @@ def config_from_dict(data: dict) -> EngineConfig:
         softmax_table_size=_int("softmax", "table_size", smx.get("table_size", 128), 2, 4096),
         lanes=_int("hardware", "lanes", hw.get("lanes", 16), 1, 1024),
         memory=_choice("hardware", "memory", hw.get("memory", "auto"), MEMORY_KINDS),
+        schedule=_choice("hardware", "schedule", hw.get("schedule", "two_pass"), SCHEDULES),
     )
     validate(cfg)
     return cfg

@@ -35,7 +35,11 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     P, n, L, C = cfg.lanes, cfg.layers, cfg.n_layers, cfg.n_classes
     groups = [_ceil_div(n[l + 1], P) for l in range(L)]
     drain = 4
-    fwd = sum(groups[l] * n[l] + drain for l in range(L))
+    one_pass = cfg.schedule == "one_pass"
+    # one-pass: the forward pass also applies the previous sample's update (one more
+    # pipeline stage), and there is no update pass (a flush costs one only before a host
+    # request or a reset, not per sample)
+    fwd = sum(groups[l] * n[l] + drain + (1 if one_pass else 0) for l in range(L))
     # output error: start, max (C), exp (C + 1), divide (33), then per class a load, a
     # shift-and-add multiply (one bit of E a cycle) and a store
     ew = EXP_FRAC_BITS + 1
@@ -43,7 +47,7 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     delta_out = groups[-1]
     dfa = max([groups[l] + 2 for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
     bp = sum(n[l + 1] * groups[l + 1] + drain + 1 for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1) + 1
-    upd = 1 + sum(groups[l] * n[l] + drain for l in range(L))
+    upd = 1 if one_pass else 1 + sum(groups[l] * n[l] + drain for l in range(L))   # one-pass: COMMIT
     load = n[0] + 1
     result = 1
     train = load + fwd + err + delta_out + dfa + bp + upd + result
@@ -51,7 +55,8 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     return {"load": load, "forward": fwd, "output_error": err, "deltas": delta_out + dfa + bp,
             "update": upd, "result": result, "train_sample": train,
             "infer_sample": load + fwd + err + result,
-            "ideal_train_sample": ideal, "ratio_to_ideal": train / ideal}
+            "ideal_train_sample": ideal, "ratio_to_ideal": train / ideal,
+            "one_pass_bound": ideal / 2, "ratio_to_one_pass_bound": train / (ideal / 2)}
 
 
 def engine_info(cfg: EngineConfig, top: Engine | None = None) -> dict:

@@ -190,11 +190,13 @@ class Engine(wiring.Component):
             b_mem.append(bmem)
 
         xw, aw, dw = f.input.width, f.activation.width, f.delta.width
-        x_mem = memory.Memory(shape=unsigned(P * xw), depth=Win[0], init=[])
+        # Activations are double-buffered (two halves, by sample parity ``cur``): the
+        # one-pass schedule updates with sample n's inputs while it runs sample n + 1 forward.
+        x_mem = memory.Memory(shape=unsigned(P * xw), depth=2 * Win[0], init=[])
         m.submodules.x = x_mem
         h_mem, mask_mem, delta_mem = [None] * L, [None] * L, [None] * L
         for l in range(L - 1):
-            h_mem[l] = memory.Memory(shape=unsigned(P * aw), depth=G[l], init=[])
+            h_mem[l] = memory.Memory(shape=unsigned(P * aw), depth=2 * G[l], init=[])
             mask_mem[l] = memory.Memory(shape=unsigned(P), depth=G[l], init=[])
             m.submodules[f"h{l + 1}"] = h_mem[l]
             m.submodules[f"mask{l + 1}"] = mask_mem[l]
@@ -246,7 +248,9 @@ class Engine(wiring.Component):
         b_rd = [mm.read_port() for mm in b_mem]
         b_wr = [mm.write_port(granularity=bW) for mm in b_mem]
         x_rd, x_wr = x_mem.read_port(), x_mem.write_port(granularity=xw)
+        x_rd_old = x_mem.read_port()
         h_rd = [None if mm is None else mm.read_port() for mm in h_mem]
+        h_rd_old = [None if mm is None else mm.read_port() for mm in h_mem]
         h_wr = [None if mm is None else mm.write_port() for mm in h_mem]
         mask_rd = [None if mm is None else mm.read_port() for mm in mask_mem]
         mask_wr = [None if mm is None else mm.write_port() for mm in mask_mem]
@@ -316,6 +320,12 @@ class Engine(wiring.Component):
         s2_j = Signal.like(j)
         s2_layer = Signal.like(layer)
         m.d.sync += s2_valid.eq(0)
+        one_pass = cfg.schedule == "one_pass"
+        cur = Signal()        # parity of the activation buffers of the latest sample
+        pending = Signal()    # one-pass: the latest trained sample's update is not applied yet
+        fused = Signal()      # one-pass: this forward pass also applies the pending update
+        upd_par = Signal()    # parity of the activations the update reads
+        m.d.comb += upd_par.eq(Mux(fused, ~cur, cur))
 
         # ---- host request decode --------------------------------------------------
         a = self.host_req.payload.address
@@ -351,26 +361,29 @@ class Engine(wiring.Component):
         # Read addresses follow the issuing counters; write enables default off.
         for l in range(L):
             m.d.comb += [W_rd[l].addr.eq(g * n[l] + j), b_rd[l].addr.eq(g), d_rd[l].addr.eq(g)]
-        m.d.comb += x_rd.addr.eq(jw)
+        m.d.comb += [x_rd.addr.eq(Mux(cur, Win[0] + jw, jw)), x_rd_old.addr.eq(Mux(upd_par, Win[0] + jw, jw))]
         for l in range(L - 1):
-            m.d.comb += [h_rd[l].addr.eq(jw), mask_rd[l].addr.eq(g)]
+            m.d.comb += [h_rd[l].addr.eq(Mux(cur, G[l] + jw, jw)), h_rd_old[l].addr.eq(Mux(upd_par, G[l] + jw, jw)),
+                         mask_rd[l].addr.eq(g)]
             if fb_rd[l] is not None:
                 m.d.comb += fb_rd[l].addr.eq(g)
 
         # ---- stage 2 of FWD and UPDATE: select the broadcast input element ----------
-        def input_element(lyr):
-            """The broadcast element of layer ``lyr``'s input at stage 2."""
+        def input_element(lyr, old=False):
+            """The broadcast element of layer ``lyr``'s input at stage 2: of the latest
+            sample (forward), or from the buffer the update reads (``old``)."""
             if lyr == 0:
-                lanes = lanes_of(x_rd.data, xw, f.input.amaranth_shape())
+                lanes = lanes_of((x_rd_old if old else x_rd).data, xw, f.input.amaranth_shape())
             else:
-                lanes = lanes_of(h_rd[lyr - 1].data, aw, f.activation.amaranth_shape())
+                lanes = lanes_of((h_rd_old if old else h_rd)[lyr - 1].data, aw, f.activation.amaranth_shape())
             return Array(lanes)[s2_lane]
 
-        x_sel = Signal(x_shape)
+        x_sel = Signal(x_shape)      # forward input
+        x_upd = Signal(x_shape)      # update input
         with m.Switch(s2_layer):
             for l in range(L):
                 with m.Case(l):
-                    m.d.comb += x_sel.eq(input_element(l))
+                    m.d.comb += [x_sel.eq(input_element(l)), x_upd.eq(input_element(l, old=True))]
 
         # MAC feed (FWD). Whole memory words are multiplexed by layer and assigned to whole
         # payload fields: per-lane assignments inside a case statement become partial writes
@@ -383,18 +396,38 @@ class Engine(wiring.Component):
                      d_word.eq(Array(d_rd[l].data for l in range(L))[s2_layer]),
                      b_word.eq(Array(b_rd[l].data for l in range(L))[s2_layer])]
         bias_lane_width = len(mac.i.payload.bias[0])
-        bias_words = []
-        for l in range(L):
-            sh = cfg.accumulator_frac(l) - f.bias.frac_bits
+
+        def aligned_bias(words, lyr):
+            """The P biases of a word, aligned to the accumulator of layer ``lyr``."""
+            sh = cfg.accumulator_frac(lyr) - f.bias.frac_bits
             aligned_lanes = []
-            for p, lane in enumerate(lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape())):
-                al = Signal(signed(bias_lane_width), name=f"bias_al{l + 1}_{p}")
+            for p, lane in enumerate(lanes_of(words, bW, f.bias.amaranth_shape())):
+                al = Signal(signed(bias_lane_width), name=f"bias_al{lyr + 1}_{p}")
                 m.d.comb += al.eq(lane << sh)
                 aligned_lanes.append(al)
-            bias_words.append(Cat(*aligned_lanes))
-        m.d.comb += [mac.i.payload.w.eq(w_word), mac.i.payload.bias.eq(Array(bias_words)[s2_layer])]
-        m.d.comb += [mac.i.valid.eq(s2_valid & fwd_active), mac.i.payload.x.eq(x_sel),
-                     mac.i.payload.first.eq(s2_first), mac.i.payload.last.eq(s2_last)]
+            return Cat(*aligned_lanes)
+
+        # Stage 3 of the one-pass forward: the MAC multiplies the weights as the update unit
+        # leaves them (the pending update applied), one cycle after stage 2.
+        s3_valid = Signal()
+        s3_first = Signal()
+        s3_last = Signal()
+        s3_g = Signal.like(g)
+        s3_layer = Signal.like(layer)
+        s3_x = Signal(x_shape)
+        if one_pass:
+            m.d.sync += [s3_valid.eq(s2_valid & fwd_active), s3_first.eq(s2_first), s3_last.eq(s2_last),
+                         s3_g.eq(s2_g), s3_layer.eq(s2_layer), s3_x.eq(x_sel)]
+            m.d.comb += [mac.i.payload.w.eq(upd.o.payload.w.as_value()),
+                         mac.i.payload.bias.eq(Array(aligned_bias(upd_b.o.payload.w.as_value(), l)
+                                                     for l in range(L))[s3_layer]),
+                         mac.i.valid.eq(s3_valid), mac.i.payload.x.eq(s3_x),
+                         mac.i.payload.first.eq(s3_first), mac.i.payload.last.eq(s3_last)]
+        else:
+            m.d.comb += [mac.i.payload.w.eq(w_word),
+                         mac.i.payload.bias.eq(Array(aligned_bias(b_rd[l].data, l) for l in range(L))[s2_layer]),
+                         mac.i.valid.eq(s2_valid & fwd_active), mac.i.payload.x.eq(x_sel),
+                         mac.i.payload.first.eq(s2_first), mac.i.payload.last.eq(s2_last)]
 
         # MAC results: requantize, activation, write h/mask or logits
         res_g = Signal.like(g)
@@ -435,7 +468,7 @@ class Engine(wiring.Component):
                         one = 1 << f.activation.frac_bits
                         hv.append(Mux(a_ > one, one, Mux(a_ < -one, -one, a_)))
                         mv.append((a_ > -one) & (a_ < one))
-                m.d.comb += h_wr[l].addr.eq(res_g)
+                m.d.comb += h_wr[l].addr.eq(Mux(cur, G[l] + res_g, res_g))
                 hsig = [Signal(f.activation.amaranth_shape(), name=f"hval{l + 1}_{p}") for p in range(P)]
                 for p in range(P):
                     m.d.comb += hsig[p].eq(hv[p])
@@ -616,11 +649,15 @@ class Engine(wiring.Component):
         # ---- UPDATE -------------------------------------------------------------------
         upd_active = Signal()
         u, ub = upd, upd_b
-        sel = s2_valid & upd_active
-        m.d.comb += [u.i.valid.eq(sel), u.i.payload.h.eq(x_sel), u.i.payload.layer.eq(s2_layer),
+        # the update pass, or (one-pass) the forward pass, which applies a pending update
+        # (and passes the weights through unchanged, delta = 0, when none is pending)
+        sel = s2_valid & (upd_active | (fwd_active if one_pass else 0))
+        delta_in = Signal(P * dw)
+        m.d.comb += delta_in.eq(Mux(upd_active | pending, d_word, 0))
+        m.d.comb += [u.i.valid.eq(sel), u.i.payload.h.eq(x_upd), u.i.payload.layer.eq(s2_layer),
                      ub.i.valid.eq(sel & s2_first), ub.i.payload.layer.eq(s2_layer)]
-        m.d.comb += [u.i.payload.w.eq(w_word), u.i.payload.delta.eq(d_word),
-                     ub.i.payload.w.eq(b_word), ub.i.payload.delta.eq(d_word)]
+        m.d.comb += [u.i.payload.w.eq(w_word), u.i.payload.delta.eq(delta_in),
+                     ub.i.payload.w.eq(b_word), ub.i.payload.delta.eq(delta_in)]
         out_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1), name="upd_addr")
         out_g = Signal.like(g, name="upd_g")
         out_layer = Signal.like(layer, name="upd_layer")
@@ -676,23 +713,41 @@ class Engine(wiring.Component):
         label_ok = Signal()
         m.d.comb += label_ok.eq(label < C)
 
+        # two-pass: the deltas lead to the update pass; one-pass: the update is left pending
+        # (COMMIT) and applied by the next forward pass, or by a flush (the update pass)
+        # before anything could observe the weights (a host request) or a reset.
+        after_deltas = "COMMIT" if one_pass else "UPDATE_START"
+        if one_pass:
+            m.d.comb += fused.eq(fwd_active)
+        res_first, res_src_g, res_src_layer = ((s3_valid & s3_first, s3_g, s3_layer) if one_pass
+                                               else (s2_valid & s2_first, s2_g, s2_layer))
+        fwd_drain_cycles = 4 if one_pass else 3
+
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 # nothing is accepted while a reset is requested
-                with m.If(self.host_req.valid & ~reset_req):
+                with m.If(pending & (reset_req | self.host_req.valid)):
+                    m.next = "UPDATE_START"
+                with m.Elif(self.host_req.valid & ~reset_req):
                     m.next = "HOST"
                 with m.Elif(self.sample.valid & ~reset_req):
                     m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 m.d.comb += self.sample.ready.eq(~reset_req)
+                with m.If(reset_req & pending):
+                    # flush the pending update before the reset; the partial sample is lost
+                    with m.If(j != 0):
+                        m.d.sync += bump("aborted_samples")
+                    m.next = "UPDATE_START"
                 with m.If(self.sample.valid & self.sample.ready):
-                    m.d.comb += [x_wr.addr.eq(jw), x_wr.data.eq(self.sample.payload.data.as_unsigned().replicate(P)),
+                    m.d.comb += [x_wr.addr.eq(Mux(cur, jw, Win[0] + jw)),
+                                 x_wr.data.eq(self.sample.payload.data.as_unsigned().replicate(P)),
                                  x_wr.en.eq(Array(Const(1 << p, P) for p in range(P))[jl])]
                     with m.If(j == 0):
                         m.d.sync += [label.eq(self.sample.payload.label), train.eq(self.sample.payload.train)]
                     with m.If(j == n[0] - 1):
-                        m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), layer.eq(0),
+                        m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), layer.eq(0), cur.eq(~cur),
                                      bump("samples_received")]
                         m.next = "FWD"
                     with m.Else():
@@ -703,16 +758,17 @@ class Engine(wiring.Component):
                     for l in range(L):
                         with m.Case(l):
                             step_columns(n[l], G[l] - 1, "FWD_DRAIN")
-                with m.If(s2_valid & s2_first):
-                    m.d.sync += [res_g.eq(s2_g), res_layer.eq(s2_layer)]
+                with m.If(res_first):
+                    m.d.sync += [res_g.eq(res_src_g), res_layer.eq(res_src_layer)]
                 m.d.sync += drain.eq(0)
             with m.State("FWD_DRAIN"):
                 m.d.comb += fwd_active.eq(1)
-                with m.If(s2_valid & s2_first):
-                    m.d.sync += [res_g.eq(s2_g), res_layer.eq(s2_layer)]
+                with m.If(res_first):
+                    m.d.sync += [res_g.eq(res_src_g), res_layer.eq(res_src_layer)]
                 m.d.sync += drain.eq(drain + 1)
-                with m.If(drain == 3):
+                with m.If(drain == fwd_drain_cycles):
                     with m.If(layer == L - 1):
+                        m.d.sync += pending.eq(0)      # one-pass: applied by this pass
                         m.next = "ERR"
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), g.eq(0)]
@@ -767,11 +823,11 @@ class Engine(wiring.Component):
                                 if cfg.methods[l] == "bp":
                                     m.next = "DELTA_BP"
                                 elif l == 0:
-                                    m.next = "UPDATE_START"
+                                    m.next = after_deltas
                                 else:
                                     m.d.sync += layer.eq(l - 1)
                 else:
-                    m.next = "UPDATE_START"
+                    m.next = after_deltas
                 m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), drain.eq(0)]
             with m.State("DELTA_BP"):
                 # issue: column j of layer `layer` (= row j of W_{layer+1}^T), groups g of layer+1
@@ -804,7 +860,7 @@ class Engine(wiring.Component):
                 m.d.sync += drain.eq(drain + 1)
                 with m.If(drain == 3):
                     with m.If(layer == 0):
-                        m.next = "UPDATE_START"
+                        m.next = after_deltas
                     with m.Else():
                         m.d.sync += layer.eq(layer - 1)
                         m.next = "DELTA_BP_NEXT"
@@ -823,12 +879,25 @@ class Engine(wiring.Component):
                 m.d.sync += drain.eq(drain + 1)
                 with m.If(drain == 3):
                     with m.If(layer == L - 1):
-                        m.d.sync += bump("samples_trained")
-                        m.next = "RESULT"
+                        if one_pass:                    # a flush
+                            m.d.sync += pending.eq(0)
+                            m.next = "IDLE"
+                        else:
+                            m.d.sync += bump("samples_trained")
+                            m.next = "RESULT"
                     with m.Else():
                         m.d.sync += [layer.eq(layer + 1), g.eq(0)]
                         m.next = "UPDATE"
+            with m.State("COMMIT"):
+                # one-pass: the sample is trained; its update is applied before anything
+                # can read or use the weights
+                m.d.sync += [pending.eq(1), bump("samples_trained")]
+                m.next = "RESULT"
             with m.State("RESULT"):
+                if one_pass:
+                    with m.If(reset_req & pending):
+                        m.d.sync += bump("dropped_outputs")
+                        m.next = "UPDATE_START"
                 m.d.comb += [self.result.valid.eq(~reset_req), self.result.payload.prediction.eq(prediction),
                              self.result.payload.trained.eq(train & ~rejected),
                              self.result.payload.rejected.eq(rejected)]
@@ -887,7 +956,7 @@ class Engine(wiring.Component):
                     m.next = "IDLE"
 
         # ---- reset bookkeeping --------------------------------------------------------
-        m.d.comb += core_safe.eq(fsm.ongoing("IDLE") | fsm.ongoing("LOAD") | fsm.ongoing("RESULT") |
+        m.d.comb += core_safe.eq(((fsm.ongoing("IDLE") | fsm.ongoing("LOAD") | fsm.ongoing("RESULT")) & ~pending) |
                                  fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_RESP"))
         in_reset = Signal(reset_less=True)
         m.d.sync += in_reset.eq(core_reset)

@@ -34,9 +34,14 @@ CONFIGS = {
 }
 
 
+def _with_schedule(d, schedule):
+    return {**d, "hardware": {**d.get("hardware", {}), "schedule": schedule}}
+
+
+@pytest.mark.parametrize("schedule", ["two_pass", "one_pass"])
 @pytest.mark.parametrize("name", sorted(CONFIGS))
-def test_engine_matches_golden(name):
-    cfg = config_from_dict(CONFIGS[name])
+def test_engine_matches_golden(name, schedule):
+    cfg = config_from_dict(_with_schedule(CONFIGS[name], schedule))
     rng = np.random.default_rng(len(name))
     n = 12
     X = rng.integers(cfg.formats.input.min_raw, cfg.formats.input.max_raw + 1, size=(n, cfg.layers[0]))
@@ -52,6 +57,8 @@ def test_engine_matches_golden(name):
         else:
             pred = golden.predict(X[s])
         assert results[s][0] == pred, f"sample {s}: prediction"
+        if train[s] and Y[s] < cfg.n_classes:
+            assert results[s][1] == list(golden.last_error), f"sample {s}: e"
         assert results[s][2] == int(train[s] and Y[s] < cfg.n_classes)
         assert results[s][3] == int(Y[s] >= cfg.n_classes)
     for l, ((W, b), (Wg, bg)) in enumerate(zip(params, golden.parameters())):
@@ -239,13 +246,14 @@ def _reset_scenario(cfg, x_a, x_b, label_a, label_b, reset_after, partial_b):
     return out
 
 
+@pytest.mark.parametrize("schedule", ["two_pass", "one_pass"])
 @pytest.mark.parametrize("reset_after", [0, 3, 9, 17, 26, 40, 60])
-def test_reset_mid_training_trains_every_accepted_sample_once(reset_after):
+def test_reset_mid_training_trains_every_accepted_sample_once(reset_after, schedule):
     """A reset while sample A is in flight (forward, error, delta or update, by the delay)
     is deferred until A's update is complete: A is trained exactly once, its result is
     dropped and counted; a partial sample B is discarded and counted, then B sent again
     trains once. The weights equal the golden model trained on A then B."""
-    cfg = config_from_dict(CONFIGS["dfa-k2-P2"])
+    cfg = config_from_dict(_with_schedule(CONFIGS["dfa-k2-P2"], schedule))
     rng = np.random.default_rng(reset_after)
     x_a, x_b = rng.integers(0, 256, size=(2, 6))
     out = _reset_scenario(cfg, x_a, x_b, 1, 3, reset_after, partial_b=4)

@@ -35,6 +35,14 @@ CONFIGS = {
     # pure BP, P=1, learning-rate multiplier
     "bp-P1-multiplier": {"network": {"layers": [64, 16, 10], "method": "bp"}, "training": {"learning_rate": 0.05},
                          "hardware": {"lanes": 1}},
+    # the one-pass schedule (update of sample n fused with the forward pass of n + 1):
+    # sparse DFA, and the 3-hidden-layer hybrid with BP in the middle
+    "dfa-k1-P4-one-pass": {"network": {"layers": [64, 32, 10], "method": "dfa"}, "training": {"lr_shift": 5},
+                           "hardware": {"lanes": 4, "schedule": "one_pass"}},
+    "hybrid-3hidden-P16-one-pass": {
+        "network": {"layers": [64, 24, 16, 20, 10], "methods": ["dfa", "bp", "dfa"], "activation": "hardtanh"},
+        "training": {"lr_shift": [5, 5, 5, 6]}, "feedback": {"k": 2, "values": "pow2", "max_shift": 2},
+        "hardware": {"lanes": 16, "schedule": "one_pass"}},
 }
 
 
@@ -69,7 +77,7 @@ def test_rtl_bad_labels_and_inference_mixed_in():
     assert [r["rejected"] for r in summary["results"]].count(1) == 2
 
 
-@pytest.mark.parametrize("name", ["dfa-k1-P4", "hybrid-3hidden-k2-lfsr-P16"])
+@pytest.mark.parametrize("name", ["dfa-k1-P4", "hybrid-3hidden-k2-lfsr-P16", "dfa-k1-P4-one-pass"])
 def test_rtl_resets_in_the_middle_of_training(name):
     """Resets at random cycles (every ~1,500 cycles, 1-4 cycles long) while 200 samples train
     with idle and backpressure: partial samples are discarded and sent again, results of
