@@ -165,7 +165,7 @@ INVALID = [
     ("unknown-key", "[network]\nlayer = [6, 5, 4]\n",
      "network.layer: [6, 5, 4] is not a known field; known: activation, layers, method, methods"),
     ("unknown-key-hardware", BASE + "[hardware]\nclock = 100\n",
-     "hardware.clock: 100 is not a known field; known: lanes, memory"),
+     "hardware.clock: 100 is not a known field; known: lanes, memory, schedule"),
     ("section-not-table", "network = [6, 5, 4]\n",
      "network: [6, 5, 4] must be a table ([network])"),
     ("array-of-tables-for-table", BASE + "[[training]]\nepochs = 3\n",
@@ -338,3 +338,13 @@ def test_error_fields():
     err = exc.value
     assert (err.field, err.value, err.rule) == ("feedback.k", 0, "is out of range; must be 1 <= k <= 10")
     assert isinstance(err, ValueError)
+
+
+def test_schedule_choice():
+    from dfa_engine.config import config_from_dict
+
+    assert config_from_dict({}).schedule == "two_pass"
+    assert config_from_dict({"hardware": {"schedule": "one_pass"}}).schedule == "one_pass"
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"hardware": {"schedule": "fused"}})
+    assert str(exc.value) == "hardware.schedule: 'fused' must be one of two_pass, one_pass"
