@@ -2,7 +2,7 @@
 
 Subcommands: ``rtl`` (the main job: the generated engine trained in Verilator against the
 golden model), ``train`` (the golden model alone), ``generate`` (Verilog and engine.json),
-``check`` (validate a configuration), ``study`` (the accuracy study), ``trace-diff`` (first
+``check`` (validate a configuration), ``build`` (bitstream and report for a board), ``study`` (the accuracy study), ``trace-diff`` (first
 difference of two traces). A configuration
 error is printed as one line (``error: field: value rule``) with exit status 2.
 """
@@ -154,6 +154,23 @@ def _cmd_rtl(args) -> int:
     return 0
 
 
+def _cmd_build(args) -> int:
+    """Estimate resources and speed, check the fit, build the bitstream with Yosys and
+    nextpnr (YoWASP), and write DIR/report.json (docs/boards.md)."""
+    from .gen.build import FitError, build
+
+    cfg = load_config(args.config)
+    try:
+        report = build(cfg, args.board, args.output, freq_mhz=args.freq, baud=args.baud,
+                       check=not args.no_fit_check)
+    except (FitError, ValueError) as exc:     # does not fit; a clock or baud rate out of reach
+        if isinstance(exc, ConfigError):
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0 if report["status"] == "ok" else 1
+
+
 def _cmd_check(args) -> int:
     """Validate a configuration and print it, with the derived widths."""
     cfg = load_config(args.config)
@@ -214,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help="configuration TOML (default: the built-in default)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser("build", help="estimate, check the fit and build a bitstream for a board",
+                       description=_cmd_build.__doc__)
+    p.add_argument("config", nargs="?", help="configuration TOML (default: the built-in default)")
+    p.add_argument("--board", required=True,
+                   choices=("icebreaker", "ulx3s-12f", "ulx3s-25f", "ulx3s-45f", "ulx3s-85f"))
+    p.add_argument("--freq", type=float, help="system clock in MHz (default: 24 on icebreaker, 50 on ulx3s)")
+    p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--no-fit-check", action="store_true", help="run the tools even where the estimate says it cannot fit")
+    p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("check", help="validate a configuration and print it with derived widths",
                        description=_cmd_check.__doc__)
