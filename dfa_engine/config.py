@@ -92,7 +92,7 @@ class EngineConfig:
     softmax_table_size: int = 128
     lanes: int = 16
     memory: str = "auto"
-    schedule: str = "two_pass"
+    schedule: str = "one_pass"
 
     # ---- derived quantities -------------------------------------------------
     @property
@@ -295,7 +295,7 @@ def config_from_dict(data: dict) -> EngineConfig:
         softmax_table_size=_int("softmax", "table_size", smx.get("table_size", 128), 2, 4096),
         lanes=_int("hardware", "lanes", hw.get("lanes", 16), 1, 1024),
         memory=_choice("hardware", "memory", hw.get("memory", "auto"), MEMORY_KINDS),
-        schedule=_choice("hardware", "schedule", hw.get("schedule", "two_pass"), SCHEDULES),
+        schedule=_choice("hardware", "schedule", hw.get("schedule", "one_pass"), SCHEDULES),
     )
     validate(cfg)
     return cfg

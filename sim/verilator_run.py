@@ -8,6 +8,7 @@ the golden model as it appears), and returns its summary.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -67,8 +68,6 @@ def build_engine(cfg: EngineConfig, max_samples: int = 512, pgo: bool = False):
     ``pgo``: a profile-guided build (for long runs: the main job and the benchmarks)."""
     from cocotb_tools.runner import get_runner
 
-    from dfa_engine.gen.generate import TOP_NAME, generate
-
     key = _config_key(cfg, max_samples) + ("-pgo" if pgo else "")
     build_dir = BUILD_ROOT / key
     src_dir = build_dir / "src"
@@ -82,33 +81,44 @@ def build_engine(cfg: EngineConfig, max_samples: int = 512, pgo: bool = False):
     os.environ["MAKEFLAGS"] = ("CFG_CXXFLAGS_PCH_I=-include CFG_LDLIBS_THREADS=-pthread "
                                "OPT_FAST=-O2 OPT_SLOW=-O0 OPT_GLOBAL=-O2")
     runner = get_runner("verilator")
-    if not stamp.exists():
-        src_dir.mkdir(parents=True, exist_ok=True)
-        generate(cfg, src_dir, init_parameters=False)
-        (src_dir / "tb_harness.sv").write_text(harness_source(cfg, max_samples))
-        (src_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
-        for attempt in (1, 2):
-            try:
-                if pgo:
-                    _build(runner, build_dir, src_dir, TOP_NAME, _PGO_GENERATE)
-                    _profile_run(runner, build_dir, cfg)
-                    for obj in build_dir.glob("*.o"):
-                        obj.unlink()
-                    _build(runner, build_dir, src_dir, TOP_NAME, _PGO_USE)
-                else:
-                    _build(runner, build_dir, src_dir, TOP_NAME)
-                break
-            except RuntimeError:
-                # A loaded 2-core machine has shown a one-off compiler crash ("Bus error")
-                # while reading the precompiled header: retry once from a clean object tree.
-                if attempt == 2:
-                    raise
+    build_dir.mkdir(parents=True, exist_ok=True)
+    # one build per key, also when pytest-xdist workers ask for the same one at once
+    with open(build_dir / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            _build_engine_once(runner, cfg, max_samples, pgo, build_dir, src_dir, stamp)
+    return runner, build_dir
+
+
+def _build_engine_once(runner, cfg, max_samples, pgo, build_dir, src_dir, stamp):
+    """Generate the sources and compile them (the caller holds the build directory's lock)."""
+    from dfa_engine.gen.generate import TOP_NAME, generate
+
+    src_dir.mkdir(parents=True, exist_ok=True)
+    generate(cfg, src_dir, init_parameters=False)
+    (src_dir / "tb_harness.sv").write_text(harness_source(cfg, max_samples))
+    (src_dir / "config.json").write_text(json.dumps(cfg.to_dict()))
+    for attempt in (1, 2):
+        try:
+            if pgo:
+                _build(runner, build_dir, src_dir, TOP_NAME, _PGO_GENERATE)
+                _profile_run(runner, build_dir, cfg)
                 for obj in build_dir.glob("*.o"):
                     obj.unlink()
-                for gch in build_dir.glob("*.gch"):
-                    gch.unlink()
-        stamp.write_text("ok\n")
-    return runner, build_dir
+                _build(runner, build_dir, src_dir, TOP_NAME, _PGO_USE)
+            else:
+                _build(runner, build_dir, src_dir, TOP_NAME)
+            break
+        except RuntimeError:
+            # A loaded 2-core machine has shown a one-off compiler crash ("Bus error")
+            # while reading the precompiled header: retry once from a clean object tree.
+            if attempt == 2:
+                raise
+            for obj in build_dir.glob("*.o"):
+                obj.unlink()
+            for gch in build_dir.glob("*.gch"):
+                gch.unlink()
+    stamp.write_text("ok\n")
 
 
 def _profile_run(runner, build_dir, cfg):
@@ -252,15 +262,18 @@ def run_directed(cfg: EngineConfig, X, Y, tag="directed", testcase=None) -> dict
     os.environ["MAKEFLAGS"] = ("CFG_CXXFLAGS_PCH_I=-include CFG_LDLIBS_THREADS=-pthread "
                                "OPT_FAST=-O2 OPT_SLOW=-O0 OPT_GLOBAL=-O2")
     runner = get_runner("verilator")
-    if not stamp.exists():
-        src_dir.mkdir(parents=True, exist_ok=True)
-        generate(cfg, src_dir, init_parameters=True)
-        # Python drives the ports every cycle here, so cocotb's default full visibility
-        # (--public-flat-rw) stays on; the clock comes from cocotb (no --timing).
-        runner.build(sources=[src_dir / f"{TOP_NAME}.v"], hdl_toplevel=TOP_NAME, build_dir=build_dir,
-                     build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"],
-                     timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log")
-        stamp.write_text("ok\n")
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / "build.lock", "w") as lock:      # one build per key (pytest -n)
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not stamp.exists():
+            src_dir.mkdir(parents=True, exist_ok=True)
+            generate(cfg, src_dir, init_parameters=True)
+            # Python drives the ports every cycle here, so cocotb's default full visibility
+            # (--public-flat-rw) stays on; the clock comes from cocotb (no --timing).
+            runner.build(sources=[src_dir / f"{TOP_NAME}.v"], hdl_toplevel=TOP_NAME, build_dir=build_dir,
+                         build_args=["-Wno-fatal", "-Wno-lint", "-Wno-style", "-O3"],
+                         timescale=("1ns", "1ps"), always=True, log_file=build_dir / "build.log")
+            stamp.write_text("ok\n")
     run_dir = build_dir / f"run_{tag}_{os.getpid()}"
     if run_dir.exists():
         shutil.rmtree(run_dir)

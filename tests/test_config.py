@@ -343,8 +343,8 @@ def test_error_fields():
 def test_schedule_choice():
     from dfa_engine.config import config_from_dict
 
-    assert config_from_dict({}).schedule == "two_pass"
-    assert config_from_dict({"hardware": {"schedule": "one_pass"}}).schedule == "one_pass"
+    assert config_from_dict({}).schedule == "one_pass"
+    assert config_from_dict({"hardware": {"schedule": "two_pass"}}).schedule == "two_pass"
     with pytest.raises(ConfigError) as exc:
         config_from_dict({"hardware": {"schedule": "fused"}})
     assert str(exc.value) == "hardware.schedule: 'fused' must be one of two_pass, one_pass"
