@@ -2,8 +2,8 @@
 
 For each configuration of a small grid (per FPGA family) this runs Yosys and nextpnr's
 packer (``gen/build.py``, ``stop_after="pack"``: the utilisation after packing, no
-placement), subtracts what the estimate already counts exactly (memories in flip-flops,
-ROMs, LUT RAM), and fits ``c0 + c_lane * lanes + c_class * classes`` by least squares to
+placement), subtracts what the estimate already counts from the memory map (memories in
+flip-flops, ROMs, LUT RAM, read multiplexers of block RAM split in depth), and fits ``c0 + c_lane * lanes + c_class * classes`` by least squares to
 the rest. Prints the runs, the fit and its residuals, and writes them as JSON; paste the
 coefficients into ``CALIBRATION`` in ``gen/build.py``. One synthesis at a time (a few
 minutes in all on two cores).
@@ -34,10 +34,11 @@ GRID = {
 }
 #: quantity -> (resource in the report, what the estimate adds on top of the linear part)
 TARGETS = {
-    "ice40": {"lut": ("LUT", lambda m: m["ff_bits"] + m["rom_bits"] // 8),
+    "ice40": {"lut": ("LUT", lambda m: m["ff_bits"] + m["rom_bits"] // 8 + m["bram_mux_luts"]),
               "ff": ("FF", lambda m: m["ff_bits"]),
-              "lc": ("LC", lambda m: m["ff_bits"] + m["rom_bits"] // 8)},
-    "ecp5": {"lut": ("LUT", lambda m: m["ff_bits"] + m["rom_bits"] // 8 + 2 * m["lutram_cells"]),
+              "lc": ("LC", lambda m: m["ff_bits"] + m["rom_bits"] // 8 + m["bram_mux_luts"])},
+    "ecp5": {"lut": ("LUT", lambda m: m["ff_bits"] + m["rom_bits"] // 8 + m["bram_mux_luts"]
+                     + 2 * m["lutram_cells"]),
              "ff": ("FF", lambda m: m["ff_bits"])},
 }
 

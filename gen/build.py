@@ -203,21 +203,19 @@ def inventory(cfg: EngineConfig, *, divisor: int = 100) -> dict:
 
 # ---- memory mapping (mirrors Yosys memory_libmap's choices, approximately) --------------
 
-def _ice40_blocks(width, depth, gran):
-    """SB_RAM40_4K blocks for one read + one write port: 256x16 (bit write enables),
-    512x8, 1024x4, 2048x2 (whole-word writes, so a column must lie in one granule)."""
-    best = math.ceil(width / 16) * math.ceil(depth / 256)
-    for w, d in ((8, 512), (4, 1024), (2, 2048)):
-        if gran < width and gran % w:
-            continue
-        best = min(best, math.ceil(width / w) * math.ceil(depth / d))
-    return best
-
-
-def _ecp5_blocks(width, depth, gran):
-    """DP16KD blocks for one read + one write port: 512x36 (pseudo dual port) and
-    1024x18 .. 16384x1, with 9-bit write-enable bytes (a granule takes whole bytes)."""
-    best = None
+def _geometries(family, width, depth, gran):
+    """``(blocks, rows)`` of every block RAM geometry that can hold a memory with one read
+    and one write port. iCE40 SB_RAM40_4K: 256x16 (bit write enables), 512x8, 1024x4,
+    2048x2 (whole-word writes: a column must lie within one write granule). ECP5 DP16KD:
+    512x36 (pseudo dual port), 1024x18 .. 16384x1, with 9-bit write-enable bytes (a
+    granule takes whole bytes). ``rows`` is how many blocks deep the memory is split."""
+    out = []
+    if family == "ice40":
+        for w, d in ((16, 256), (8, 512), (4, 1024), (2, 2048)):
+            if w != 16 and gran < width and gran % w:
+                continue
+            out.append((math.ceil(width / w) * math.ceil(depth / d), math.ceil(depth / d)))
+        return out
     for w, d in ((36, 512), (18, 1024), (9, 2048), (4, 4096), (2, 8192), (1, 16384)):
         if gran < width:
             if w >= 9:
@@ -229,19 +227,19 @@ def _ecp5_blocks(width, depth, gran):
                 cols = (width // gran) * math.ceil(gran / w)
         else:
             cols = math.ceil(width / w)
-        n = cols * math.ceil(depth / d)
-        best = n if best is None else min(best, n)
-    return best
+        out.append((cols * math.ceil(depth / d), math.ceil(depth / d)))
+    return out
 
 
 def _map_memories(inv, device: Device):
-    """Assign every memory to block RAM, SPRAM, distributed RAM or logic as Yosys'
+    """Assign every memory to block RAM, distributed RAM or logic as Yosys'
     ``memory_libmap`` does: the cheapest mapping in its cost units wins (a bit of logic 1,
     an iCE40 block 64, an ECP5 block 128, a 16x4 LUT RAM 4, half a unit per bit of read
     multiplexer when a memory is split in depth), logic on a tie. Block RAM reads are
     synchronous: a memory read combinationally stays in logic (or distributed RAM). A ROM
     in logic is a decoder (about one LUT4 per 8 bits), a RAM in logic a flip-flop per bit."""
-    out = {"bram": 0, "spram": inv["spram_instances"], "lutram_bits": 0, "logic_bits": 0, "rom_bits": 0,
+    out = {"bram": 0, "bram_mux_bits": 0, "spram": inv["spram_instances"], "lutram_bits": 0,
+           "logic_bits": 0, "rom_bits": 0,
            "lutram_cells": 0, "detail": []}
     for mem in inv["memories"]:
         W, D, g, bits = mem["width"], mem["depth"], mem["granularity"], mem["bits"]
@@ -249,26 +247,22 @@ def _map_memories(inv, device: Device):
         copies = max(1, mem["read_ports"])      # one block RAM read port each
         choices = [("logic", bits, bits)]
         if not mem["async_read"]:
-            if device.family == "ice40":
-                n = _ice40_blocks(W, D, g)
-                rows = math.ceil(D / 256)
-            else:
-                n = _ecp5_blocks(W, D, g)
-                rows = math.ceil(D / 512)
-            cost = (64 if device.family == "ice40" else 128) * n + 0.5 * W * (rows - 1)
-            choices.append(("bram", cost * copies, n * copies))
-        if device.family == "ice40":
-            if (device.spram and not rom and mem["single_address"] and not mem["async_read"]
-                    and mem["read_ports"] <= 1 and mem["write_ports"] <= 1):
-                n = math.ceil(W / 16) * math.ceil(D / 16384)
-                choices.append(("spram", 2048 * n, n))
-        elif not rom:
+            unit = 64 if device.family == "ice40" else 128
+            cost, n, rows = min((unit * n + 0.5 * W * (rows - 1), n, rows)
+                                for n, rows in _geometries(device.family, W, D, g))
+            choices.append(("bram", cost * copies, (n * copies, W * (rows - 1) * copies)))
+        # No SPRAM by inference: Yosys' -spram maps none of the engine's memories (checked on
+        # examples/mnist_up5k.toml: every one went to block RAM), so SPRAM counts only the
+        # SB_SPRAM256KA cells the engine instantiates itself.
+        if device.family == "ecp5" and not rom:
             rows = math.ceil(D / 16)
             cells = math.ceil(W / 4) * rows * copies
             choices.append(("lutram", 4 * cells + 0.5 * W * (rows - 1) * copies, cells))
         kind, _, n = min(choices, key=lambda c: c[1])
         if kind == "bram":
+            n, mux = n
             out["bram"] += n
+            out["bram_mux_bits"] += mux
         elif kind == "spram":
             out["spram"] += n
         elif kind == "lutram":
@@ -335,7 +329,10 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
     inv = inv if inv is not None else inventory(cfg)
     mem = _map_memories(inv, dev)
     cal = CALIBRATION[dev.family]
-    mem_luts = mem["logic_bits"] + mem["rom_bits"] // 8
+    # memories in logic; block RAM split in depth needs a read multiplexer (an N:1 mux is
+    # N - 1 LUT4 on iCE40; ECP5's PFUMX/L6MUX halve that)
+    mux_luts = mem["bram_mux_bits"] // (1 if dev.family == "ice40" else 2)
+    mem_luts = mem["logic_bits"] + mem["rom_bits"] // 8 + mux_luts
     lut = _linear(cal["lut"], cfg) + mem_luts + 2 * mem["lutram_cells"]
     ff = _linear(cal["ff"], cfg) + mem["logic_bits"]
     dsp = _dsp_count(inv, dev)
@@ -361,7 +358,7 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
         "memory_bits_generator": memory_bits(cfg),
         "memory_map": mem["detail"],
         "memory_logic": {"ff_bits": mem["logic_bits"], "rom_bits": mem["rom_bits"],
-                         "lutram_cells": mem["lutram_cells"]},
+                         "lutram_cells": mem["lutram_cells"], "bram_mux_luts": mux_luts},
         "multipliers": inv["multipliers"],
         "soft_multiplier_luts": _soft_multiplier_luts(inv, dev),
         "cycles_per_sample": cycles["train_sample"],
@@ -434,7 +431,8 @@ def check_fit(est: dict) -> list:
 
 def _dsp_fallback(est: dict) -> bool:
     """Build without DSP inference (every multiplier in LUTs): too many DSPs, but room in the LUTs."""
-    return est["resources"]["DSP"]["estimate"] > DEVICES[est["device"]].dsp
+    dev, r = DEVICES[est["device"]], est["resources"]
+    return r["DSP"]["estimate"] > dev.dsp and r["LUT"]["estimate"] + est["soft_multiplier_luts"] <= dev.lut
 
 
 # ---- the build ---------------------------------------------------------------------------
