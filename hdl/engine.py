@@ -244,9 +244,12 @@ class Engine(wiring.Component):
 
         # ports (every memory: one read port, one write port; users are multiplexed)
         W_rd = [mm.read_port() for mm in W_mem]
-        W_wr = [mm.write_port(granularity=wW) for mm in W_mem]
+        # Whole-word writes only: a host write of one weight is a read-modify-write (HOST,
+        # HOST_READ), so the memories need no lane write-enables (single-port RAMs such as
+        # the UP5K's SPRAM map directly, and Verilator queues one write, not P).
+        W_wr = [mm.write_port() for mm in W_mem]
         b_rd = [mm.read_port() for mm in b_mem]
-        b_wr = [mm.write_port(granularity=bW) for mm in b_mem]
+        b_wr = [mm.write_port() for mm in b_mem]
         x_rd, x_wr = x_mem.read_port(), x_mem.write_port(granularity=xw)
         x_rd_old = x_mem.read_port()
         h_rd = [None if mm is None else mm.read_port() for mm in h_mem]
@@ -356,6 +359,10 @@ class Engine(wiring.Component):
         lat_layer = Signal.like(req_layer)
         lat_lane = Signal.like(req_lane)
         lat_counter = Signal(range(len(COUNTERS) + 1))
+        lat_write = Signal()                      # HOST_READ completes a host write
+        lat_w_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1))
+        lat_b_addr = Signal.like(g)
+        lat_data = Signal(max(wW, bW))
 
         # ---- defaults for memory ports ----------------------------------------------
         # Read addresses follow the issuing counters; write enables default off.
@@ -670,10 +677,10 @@ class Engine(wiring.Component):
         for l in range(L):
             with m.If(u.o.valid & (out_layer == l)):
                 m.d.comb += [W_wr[l].addr.eq(out_addr), W_wr[l].data.eq(u.o.payload.w.as_value()),
-                             W_wr[l].en.eq((1 << P) - 1)]
+                             W_wr[l].en.eq(1)]
             with m.If(ub.o.valid & (out_layer == l)):
                 m.d.comb += [b_wr[l].addr.eq(out_g), b_wr[l].data.eq(ub.o.payload.w.as_value()),
-                             b_wr[l].en.eq((1 << P) - 1)]
+                             b_wr[l].en.eq(1)]
         # saturation of padding lanes cannot happen: their delta is 0, so dW = 0.
         sat_inc.append(Mux(u.o.valid, u.o.payload.sat_update + u.o.payload.sat_weight, 0))
         sat_inc.append(Mux(ub.o.valid, ub.o.payload.sat_update + ub.o.payload.sat_weight, 0))
@@ -912,26 +919,22 @@ class Engine(wiring.Component):
             with m.State("HOST"):
                 m.d.comb += self.host_req.ready.eq(1)
                 m.d.sync += [lat_kind.eq(req_kind), lat_layer.eq(req_layer), lat_lane.eq(req_lane),
-                             lat_counter.eq(a[:off - 2])]
+                             lat_counter.eq(a[:off - 2]), lat_write.eq(0), lat_data.eq(req_data),
+                             lat_w_addr.eq(req_g * Array(n[l] for l in range(L))[req_layer] + req_col),
+                             lat_b_addr.eq(req_g)]
                 with m.If(~in_range | (self.host_req.payload.write & ((req_kind == 2) | ~value_ok))):
                     m.d.sync += [bump("rejected_addresses"),
                                  self.host_resp.payload.error.eq(1), self.host_resp.payload.data.eq(0)]
                     m.next = "HOST_RESP"
                 with m.Else():
-                    m.d.sync += self.host_resp.payload.error.eq(0)
-                    # drive the addresses: reads appear next cycle; writes happen now
+                    m.d.sync += [self.host_resp.payload.error.eq(0),
+                                 lat_write.eq(self.host_req.payload.write & (req_kind != 2))]
+                    # drive the read addresses; the word appears next cycle (HOST_READ), where a
+                    # write merges its lane into it and writes the whole word back
                     with m.Switch(req_layer):
                         for l in range(L):
                             with m.Case(l):
-                                onehot = Array(Const(1 << p, P) for p in range(P))[req_lane]
                                 m.d.comb += [W_rd[l].addr.eq(req_g * n[l] + req_col), b_rd[l].addr.eq(req_g)]
-                                with m.If(self.host_req.payload.write):
-                                    with m.If(req_kind == 0):
-                                        m.d.comb += [W_wr[l].addr.eq(req_g * n[l] + req_col),
-                                                     W_wr[l].data.eq(req_data[:wW].replicate(P)), W_wr[l].en.eq(onehot)]
-                                    with m.Else():
-                                        m.d.comb += [b_wr[l].addr.eq(req_g), b_wr[l].data.eq(req_data[:bW].replicate(P)),
-                                                     b_wr[l].en.eq(onehot)]
                     m.next = "HOST_READ"
             with m.State("HOST_READ"):
                 value = Signal(signed(self._data_width))
@@ -949,6 +952,20 @@ class Engine(wiring.Component):
                     with m.Case(2):
                         m.d.comb += value.eq(Array(counters[name] for name in COUNTERS)[lat_counter])
                 m.d.sync += self.host_resp.payload.data.eq(value)
+                with m.If(lat_write):
+                    with m.Switch(lat_layer):
+                        for l in range(L):
+                            with m.Case(l):
+                                w_merged = [Mux(lat_lane == p, lat_data[:wW], W_rd[l].data[p * wW:(p + 1) * wW])
+                                            for p in range(P)]
+                                b_merged = [Mux(lat_lane == p, lat_data[:bW], b_rd[l].data[p * bW:(p + 1) * bW])
+                                            for p in range(P)]
+                                with m.If(lat_kind == 0):
+                                    m.d.comb += [W_wr[l].addr.eq(lat_w_addr), W_wr[l].data.eq(Cat(*w_merged)),
+                                                 W_wr[l].en.eq(1)]
+                                with m.Else():
+                                    m.d.comb += [b_wr[l].addr.eq(lat_b_addr), b_wr[l].data.eq(Cat(*b_merged)),
+                                                 b_wr[l].en.eq(1)]
                 m.next = "HOST_RESP"
             with m.State("HOST_RESP"):
                 m.d.comb += self.host_resp.valid.eq(~reset_req)
@@ -957,7 +974,7 @@ class Engine(wiring.Component):
 
         # ---- reset bookkeeping --------------------------------------------------------
         m.d.comb += core_safe.eq(((fsm.ongoing("IDLE") | fsm.ongoing("LOAD") | fsm.ongoing("RESULT")) & ~pending) |
-                                 fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_RESP"))
+                                 (fsm.ongoing("HOST_READ") & ~lat_write) | fsm.ongoing("HOST_RESP"))
         in_reset = Signal(reset_less=True)
         m.d.sync += in_reset.eq(core_reset)
         with m.If(core_reset & ~in_reset):
