@@ -321,6 +321,25 @@ def macs_per_sample(cfg: EngineConfig) -> int:
     return macs
 
 
+def method_rates(cfg: EngineConfig, mhz: float | None) -> dict:
+    """Cycles per training sample and samples/s at ``mhz`` of this configuration with every
+    hidden layer trained by DFA, by hybrid (BP for the top hidden layer, DFA below) and by
+    BP: the same lanes, memories and schedule, only the methods changed (a BP layer adds
+    its backward datapath, whose area the resource figures do not include). Cycles from
+    the controller's cycle model, which matches Verilator within a few cycles
+    (``benchmarks/dfa_vs_bp.py``)."""
+    hidden = cfg.n_layers - 1
+    kinds = {"dfa": ["dfa"] * hidden, "hybrid": ["dfa"] * (hidden - 1) + ["bp"], "bp": ["bp"] * hidden}
+    out = {}
+    for kind, methods in kinds.items():
+        if hidden == 0 or (kind == "hybrid" and hidden < 2):
+            continue
+        cycles = estimate_cycles(cfg.with_(methods=tuple(methods)))["train_sample"]
+        out[kind] = {"cycles_per_sample": cycles,
+                     "samples_per_second": None if mhz is None else mhz * 1e6 / cycles}
+    return out
+
+
 def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: dict | None = None) -> dict:
     """Pre-synthesis estimate for ``board`` at ``freq_mhz`` (default: the board's)."""
     b = BOARDS[board]
@@ -364,6 +383,7 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
         "cycles_per_sample": cycles["train_sample"],
         "cycles_per_inference": cycles["infer_sample"],
         "samples_per_second": sps,
+        "by_method": method_rates(cfg, freq),
         "macs_per_sample": macs,
         "mac_per_second": macs * sps,
         "peak_mac_per_second": peak,
@@ -662,6 +682,7 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
         "yosys_cells": stats,
         "cycles_per_sample": cycles,
         "samples_per_second": sps,
+        "by_method": method_rates(cfg, run_mhz),
         "throughput_clock_mhz": run_mhz,
         "macs_per_sample": macs,
         "mac_per_second": None if sps is None else macs * sps,
@@ -710,7 +731,17 @@ def format_estimate(est: dict, cfg: EngineConfig | None = None) -> str:
                  f"{est['samples_per_second']:,.0f} samples/s")
     lines.append(f"  {_si(est['mac_per_second'])}MAC/s = {est['mac_ratio_to_peak']:.1%} of the peak "
                  f"{_si(est['peak_mac_per_second'])}MAC/s ({est['peak_definition']})")
+    lines += _method_lines(est["by_method"])
     return "\n".join(lines)
+
+
+def _method_lines(by_method: dict) -> list:
+    """One line per training method: cycles per sample and samples/s (same hardware)."""
+    if not by_method:
+        return []
+    cells = [f"{kind} {v['cycles_per_sample']:,} cycles = {_fmt(v['samples_per_second'])} samples/s"
+             for kind, v in by_method.items()]
+    return ["  by method (same lanes and schedule): " + "; ".join(cells)]
 
 
 def format_report(rep: dict) -> str:
@@ -733,6 +764,7 @@ def format_report(rep: dict) -> str:
         lines.append(f"  critical path {c['delay_ns']:.1f} ns, {c['logic_levels']} logic levels: {c['from']} -> {c['to']}")
     lines.append(f"  {rep['cycles_per_sample']:,} cycles per training sample: "
                  f"{_fmt(rep['samples_per_second'])} samples/s (estimate {est and _fmt(rep['estimate']['samples_per_second'])})")
+    lines += _method_lines(rep.get("by_method"))
     if rep["mac_per_second"] is not None:
         lines.append(f"  {_si(rep['mac_per_second'])}MAC/s = {rep['mac_ratio_to_peak']:.1%} of the device peak "
                      f"{_si(rep['peak_mac_per_second'])}MAC/s")
