@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from dfa_engine.config import EngineConfig
+from dfa_engine.hdl.memory import spram_plan, spram_tiles, weight_memory_geometry
 from dfa_engine.gen.generate import check_feasible, engine_info, estimate_cycles, memory_bits
 
 __all__ = ["BOARDS", "DEVICES", "Board", "Device", "FitError", "inventory", "estimate", "check_fit",
@@ -346,6 +347,14 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
     dev = DEVICES[b.device]
     freq = float(freq_mhz if freq_mhz is not None else b.default_mhz)
     inv = inv if inv is not None else inventory(cfg)
+    if dev.family == "ice40" and dev.spram and cfg.memory == "spram":
+        # the weight memories the engine builds from SB_SPRAM256KA tiles on this device
+        # (hdl/memory.py); the inventory is elaborated without a platform
+        plan = spram_plan(cfg, dev.spram)
+        geo = weight_memory_geometry(cfg)
+        names = {f"engine.core.W{l + 1}.mem" for l in plan}
+        inv = {**inv, "memories": [mm for mm in inv["memories"] if mm["name"] not in names],
+               "spram_instances": inv["spram_instances"] + sum(spram_tiles(*geo[l]) for l in plan)}
     mem = _map_memories(inv, dev)
     cal = CALIBRATION[dev.family]
     # memories in logic; block RAM split in depth needs a read multiplexer (an N:1 mux is

@@ -39,24 +39,37 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     # one-pass: the forward pass also applies the previous sample's update (one more
     # pipeline stage), and there is no update pass (a flush costs one only before a host
     # request or a reset, not per sample)
-    fwd = sum(groups[l] * n[l] + drain + (1 if one_pass else 0) for l in range(L))
+    words = [groups[l] * n[l] for l in range(L)]
+    # memory = "spram": single-port weights; a pass that writes words back issues two reads,
+    # then stalls while their two write-backs pass (2 cycles a word, the port bound)
+    single_port = cfg.memory == "spram"
+
+    def pass_cycles(w, writes):
+        return w + 2 * ((w - 1) // 2) if (single_port and writes) else w
+    fwd = sum(pass_cycles(words[l], one_pass) + drain + (1 if one_pass else 0) for l in range(L))
+    fwd_infer = sum(words[l] + drain + (1 if one_pass else 0) for l in range(L))
     # output error: start, max (C), exp (C + 1), divide (33), then per class a load, a
     # shift-and-add multiply (one bit of E a cycle) and a store
     ew = EXP_FRAC_BITS + 1
-    err = 2 + 1 + (C - 1) + 1 + C + 1 + 33 + C * (ew + 2) + 1 + 1
+    err = 1 + (C - 1) + 1 + C + 1 + 33 + C * (ew + 2) + 1 + 1
     delta_out = groups[-1]
     dfa = max([groups[l] + 2 for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
-    bp = sum(n[l + 1] * groups[l + 1] + drain + 1 for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1) + 1
-    upd = 1 if one_pass else 1 + sum(groups[l] * n[l] + drain for l in range(L))   # one-pass: COMMIT
+    # DELTA_BP_NEXT visits each hidden layer once (top down); a BP layer adds its
+    # transposed pass and drain
+    bp = sum(n[l + 1] * groups[l + 1] + drain for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1)
+    upd = 1 if one_pass else 1 + sum(pass_cycles(words[l], True) + drain for l in range(L))   # one-pass: COMMIT
     load = n[0] + 1
     result = 1
     train = load + fwd + err + delta_out + dfa + bp + upd + result
     ideal = 2 * sum(n[l] * n[l + 1] for l in range(L)) / P
     return {"load": load, "forward": fwd, "output_error": err, "deltas": delta_out + dfa + bp,
             "update": upd, "result": result, "train_sample": train,
-            "infer_sample": load + fwd + err + result,
+            "infer_sample": load + fwd_infer + err + result,
             "ideal_train_sample": ideal, "ratio_to_ideal": train / ideal,
-            "one_pass_bound": ideal / 2, "ratio_to_one_pass_bound": train / (ideal / 2)}
+            "one_pass_bound": ideal / 2, "ratio_to_one_pass_bound": train / (ideal / 2),
+            # every weight word read and written once, one port access a cycle
+            "port_bound": 2 * sum(words) if single_port else None,
+            "ratio_to_port_bound": train / (2 * sum(words)) if single_port else None}
 
 
 def engine_info(cfg: EngineConfig, top: Engine | None = None) -> dict:

@@ -23,6 +23,8 @@ a sample arriving during a weight load waits (backpressure) and nothing is lost.
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 from amaranth.hdl import (Array, Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux,
                           ResetSignal, Signal, signed, unsigned)
@@ -36,6 +38,7 @@ from dfa_engine.lfsr import seed_state
 from .arith import LFSRDraw, Requantize
 from .feedback import SparseProjection, entry_layout
 from .mac import MACArray
+from .memory import SinglePortRAM, is_ice40_up, spram_plan
 from .output_error import OutputError
 from .update import UpdateLanes
 
@@ -145,7 +148,7 @@ class Engine(wiring.Component):
         reset_req = Signal()      # rst now, or a deferred request
         core_safe = Signal()      # the core is at a point where a reset loses nothing
         core_reset = Signal()
-        self._elaborate_core(core, reset_req, core_safe, core_reset)
+        self._elaborate_core(core, reset_req, core_safe, core_reset, platform)
         m.submodules.core = DomainRenamer("core")(core)
         m.domains.core = cd_core = ClockDomain("core", local=True)
         pending = Signal(reset_less=True)
@@ -155,7 +158,7 @@ class Engine(wiring.Component):
         m.d.sync += pending.eq((pending | rst) & ~core_reset)
         return m
 
-    def _elaborate_core(self, m, reset_req, core_safe, core_reset):
+    def _elaborate_core(self, m, reset_req, core_safe, core_reset, platform=None):
         cfg, f, P = self._cfg, self._cfg.formats, self._P
         L, C = cfg.n_layers, cfg.n_classes
         n = cfg.layers
@@ -180,9 +183,25 @@ class Engine(wiring.Component):
 
         wW, bW = f.weight.width, f.bias.width
         W_mem, b_mem = [], []
+        # memory = "spram": single-port weight memories (one read or write a cycle), SPRAM
+        # tiles on an iCE40 UP device (hdl/memory.py)
+        single_port = cfg.memory == "spram"
+        in_spram = spram_plan(cfg) if is_ice40_up(platform) else ()
+        W_rd, W_wr = [], []
         for l, (W, b) in enumerate(self._params):
-            init = self._init_parameters
-            mem = memory.Memory(shape=unsigned(P * wW), depth=G[l] * n[l], init=lane_words(W, wW) if init else [])
+            init = self._init_parameters and l not in in_spram
+            words = lane_words(W, wW) if init else []
+            if single_port:
+                mem = SinglePortRAM(P * wW, G[l] * n[l], init=words, spram=l in in_spram, name=f"W{l + 1}")
+                W_rd.append(SimpleNamespace(addr=mem.rd_addr, data=mem.rd_data))
+                W_wr.append(SimpleNamespace(addr=mem.wr_addr, data=mem.wr_data, en=mem.wr_en))
+            else:
+                mem = memory.Memory(shape=unsigned(P * wW), depth=G[l] * n[l], init=words)
+                # Whole-word writes only: a host write of one weight is a read-modify-write
+                # (HOST, HOST_READ), so the memories need no lane write-enables (Verilator
+                # then queues one write, not P).
+                W_rd.append(mem.read_port())
+                W_wr.append(mem.write_port())
             m.submodules[f"W{l + 1}"] = mem
             W_mem.append(mem)
             bmem = memory.Memory(shape=unsigned(P * bW), depth=G[l], init=lane_words(b, bW) if init else [])
@@ -243,11 +262,6 @@ class Engine(wiring.Component):
                 m.submodules[f"fb{l + 1}"] = fb_mem[l]
 
         # ports (every memory: one read port, one write port; users are multiplexed)
-        W_rd = [mm.read_port() for mm in W_mem]
-        # Whole-word writes only: a host write of one weight is a read-modify-write (HOST,
-        # HOST_READ), so the memories need no lane write-enables (single-port RAMs such as
-        # the UP5K's SPRAM map directly, and Verilator queues one write, not P).
-        W_wr = [mm.write_port() for mm in W_mem]
         b_rd = [mm.read_port() for mm in b_mem]
         b_wr = [mm.write_port() for mm in b_mem]
         x_rd, x_wr = x_mem.read_port(), x_mem.write_port(granularity=xw)
@@ -674,8 +688,13 @@ class Engine(wiring.Component):
                 for l in range(L):
                     with m.Case(l):
                         m.d.sync += out_addr.eq(s2_g * n[l] + s2_j)
+        # A word is written back where an update is applied: always in the update pass,
+        # in a one-pass forward pass only while an update is pending (otherwise the word
+        # would come back unchanged, and single-port weights would stall for nothing).
+        w_write = Signal()
+        m.d.comb += w_write.eq(u.o.valid & (upd_active | pending))
         for l in range(L):
-            with m.If(u.o.valid & (out_layer == l)):
+            with m.If(w_write & (out_layer == l)):
                 m.d.comb += [W_wr[l].addr.eq(out_addr), W_wr[l].data.eq(u.o.payload.w.as_value()),
                              W_wr[l].en.eq(1)]
             with m.If(ub.o.valid & (out_layer == l)):
@@ -717,6 +736,8 @@ class Engine(wiring.Component):
                 next_column()
 
         drain = Signal(range(8))
+        # single-port weights: a cycle that writes a word back issues no read
+        w_port_busy = w_write if single_port else Const(0, 1)
         label_ok = Signal()
         m.d.comb += label_ok.eq(label < C)
 
@@ -761,10 +782,11 @@ class Engine(wiring.Component):
                         next_column()
             with m.State("FWD"):
                 m.d.comb += fwd_active.eq(1)
-                with m.Switch(layer):
-                    for l in range(L):
-                        with m.Case(l):
-                            step_columns(n[l], G[l] - 1, "FWD_DRAIN")
+                with m.If(~w_port_busy):
+                    with m.Switch(layer):
+                        for l in range(L):
+                            with m.Case(l):
+                                step_columns(n[l], G[l] - 1, "FWD_DRAIN")
                 with m.If(res_first):
                     m.d.sync += [res_g.eq(res_src_g), res_layer.eq(res_src_layer)]
                 m.d.sync += drain.eq(0)
@@ -876,10 +898,11 @@ class Engine(wiring.Component):
                 m.next = "UPDATE"
             with m.State("UPDATE"):
                 m.d.comb += upd_active.eq(1)
-                with m.Switch(layer):
-                    for l in range(L):
-                        with m.Case(l):
-                            step_columns(n[l], G[l] - 1, "UPDATE_DRAIN")
+                with m.If(~w_port_busy):
+                    with m.Switch(layer):
+                        for l in range(L):
+                            with m.Case(l):
+                                step_columns(n[l], G[l] - 1, "UPDATE_DRAIN")
                 m.d.sync += drain.eq(0)
             with m.State("UPDATE_DRAIN"):
                 m.d.comb += upd_active.eq(1)

@@ -71,6 +71,37 @@ def test_engine_matches_golden(name, schedule):
     assert counters["rejected_addresses"] == 0
 
 
+@pytest.mark.parametrize("schedule", ["two_pass", "one_pass"])
+@pytest.mark.parametrize("name", ["dfa-k2-P2", "bp-P1", "hybrid-3hidden-P4-pow2"])
+def test_single_port_weights_match_golden(name, schedule):
+    """memory = "spram": one read or write of a weight word per cycle; same results and
+    weights as the golden model, with host writes and reads in between samples."""
+    d = _with_schedule(CONFIGS[name], schedule)
+    cfg = config_from_dict({**d, "hardware": {**d["hardware"], "memory": "spram"}})
+    rng = np.random.default_rng(11)
+    n = 8
+    X = rng.integers(cfg.formats.input.min_raw, cfg.formats.input.max_raw + 1, size=(n, cfg.layers[0]))
+    Y = rng.integers(0, cfg.n_classes, size=n)
+    train = [True] * n
+    train[4] = False
+    addr = host_address(cfg, "weight", layer=0, row=1, column=2)
+    golden = GoldenModel(cfg)
+    host_ops = [(3, addr, 1, 77), (6, addr, 0, 0)]
+    results, params, counters = run_engine(cfg, X, Y, train=train, idle=0.2, backpressure=0.3, seed=2,
+                                           host_ops=host_ops)
+    for s in range(n):
+        if s == 3:
+            golden.write_parameter("weight", 0, 1, 2, 77)
+        pred = golden.train_step(X[s], int(Y[s])) if train[s] else golden.predict(X[s])
+        assert results[s][0] == pred, f"sample {s}: prediction"
+        if s == 5:
+            assert counters["host"][1] == (int(golden.W[0][1, 2]), 0)
+    for l, ((W, b), (Wg, bg)) in enumerate(zip(params, golden.parameters())):
+        assert np.array_equal(W, Wg), f"layer {l + 1} weights"
+        assert np.array_equal(b, bg), f"layer {l + 1} biases"
+    assert counters["samples_trained"] == n - 1
+
+
 def test_engine_output_errors_match_golden_trace():
     cfg = config_from_dict(CONFIGS["dfa-k2-P2"])
     rng = np.random.default_rng(5)

@@ -10,6 +10,7 @@ import pytest
 
 from dfa_engine.config import config_from_dict
 from dfa_engine.data import load_dataset
+from dfa_engine.gen.generate import estimate_cycles
 from dfa_engine.sim.verilator_run import run_training
 
 CONFIGS = {
@@ -43,6 +44,9 @@ CONFIGS = {
         "network": {"layers": [64, 24, 16, 20, 10], "methods": ["dfa", "bp", "dfa"], "activation": "hardtanh"},
         "training": {"lr_shift": [5, 5, 5, 6]}, "feedback": {"k": 2, "values": "pow2", "max_shift": 2},
         "hardware": {"lanes": 16, "schedule": "one_pass"}},
+    # single-port weight memories (memory = "spram", as on the iCE40 UP5K), one-pass
+    "dfa-k1-P4-single-port": {"network": {"layers": [64, 32, 10], "method": "dfa"}, "training": {"lr_shift": 5},
+                              "hardware": {"lanes": 4, "schedule": "one_pass", "memory": "spram"}},
 }
 
 
@@ -120,3 +124,19 @@ def test_rtl_directed_port_cases(case):
     Y = ds.y_train[:40].copy()
     out = run_directed(cfg, X, Y, tag=case, testcase=case)
     assert (out["tests"], out["failed"]) == (1, 0), out["log"]
+
+
+@pytest.mark.parametrize("name", ["dfa-k1-P4-one-pass", "dfa-k1-P4-single-port", "bp-P1-multiplier"])
+def test_rtl_cycles_per_sample_equal_the_cycle_model(name):
+    """Without idle or backpressure, the cycles between consecutive training results are
+    exactly the cycle model's (``estimate_cycles``), for dual- and single-port weights."""
+    cfg = config_from_dict(CONFIGS[name])
+    ds = load_dataset("digits")
+    n = 6
+    X = cfg.formats.input.from_float(ds.x_train[:n])
+    summary = run_training(cfg, X, ds.y_train[:n].copy(), tag=name)
+    assert summary["mismatch"] is None and summary["params_equal"] is True
+    cycles = np.diff([r["cycle"] for r in summary["results"]])
+    est = estimate_cycles(cfg)["train_sample"]
+    # sample 1 onwards: a one-pass forward pass applies the previous sample's update
+    assert list(cycles[1:]) == [est] * (n - 2), (list(cycles), est)

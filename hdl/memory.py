@@ -1,0 +1,118 @@
+"""Single-port weight memories (``hardware.memory = "spram"``).
+
+The iCE40 UP5K keeps large weight matrices only in its four SB_SPRAM256KA blocks (16 bits x
+16,384 words each), which have one address: each cycle one read *or* one write. With
+``memory = "spram"`` every weight memory of the engine is built single-ported, whatever
+it maps to, so the schedule (and the cycle count) is the same in simulation and on any
+board: the controller never issues a read in a cycle that writes a word back
+(``hdl/engine.py``: a pass over single-port weights moves one word every two cycles while
+it also updates, the port bound). On an iCE40 UP platform the memories that
+:func:`spram_plan` chooses become SB_SPRAM256KA tiles (no initial contents: the host loads
+the weights over its link); everywhere else an Amaranth memory with one shared address.
+"""
+
+from __future__ import annotations
+
+from amaranth.hdl import Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal
+from amaranth.lib import memory
+
+SPRAM_WIDTH = 16
+SPRAM_DEPTH = 16384
+#: SB_SPRAM256KA blocks of an iCE40 UP5K
+UP5K_SPRAMS = 4
+
+
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+def spram_tiles(width: int, depth: int) -> int:
+    """SB_SPRAM256KA blocks for a ``width`` x ``depth`` memory (tiled in width and depth)."""
+    return _ceil_div(width, SPRAM_WIDTH) * _ceil_div(depth, SPRAM_DEPTH)
+
+
+def weight_memory_geometry(cfg) -> list:
+    """``(width, depth)`` of each layer's weight memory: one word of P weights per (row
+    group, column)."""
+    P, n = cfg.lanes, cfg.layers
+    return [(P * cfg.formats.weight.width, _ceil_div(n[l + 1], P) * n[l]) for l in range(cfg.n_layers)]
+
+
+def spram_plan(cfg, available: int = UP5K_SPRAMS) -> tuple:
+    """The layers whose weight memory goes to SPRAM on an iCE40 UP device: the largest
+    first, while the blocks last. Empty unless ``hardware.memory = "spram"``."""
+    if cfg.memory != "spram":
+        return ()
+    geo = weight_memory_geometry(cfg)
+    chosen, left = [], available
+    for l in sorted(range(len(geo)), key=lambda l: -geo[l][0] * geo[l][1]):
+        tiles = spram_tiles(*geo[l])
+        if tiles <= left:
+            chosen.append(l)
+            left -= tiles
+    return tuple(sorted(chosen))
+
+
+def is_ice40_up(platform) -> bool:
+    return platform is not None and str(getattr(platform, "device", "")).startswith("iCE40UP")
+
+
+class SinglePortRAM(Elaboratable):
+    """A ``width`` x ``depth`` RAM with one address: ``wr_en`` selects a write of
+    ``wr_data`` at ``wr_addr``; otherwise ``rd_addr`` is read and its word appears on
+    ``rd_data`` the next cycle. A write cycle reads nothing (``rd_data`` then holds no
+    defined word: the controller never uses it). ``spram``: build it from SB_SPRAM256KA
+    tiles (iCE40 UP only; contents start undefined)."""
+
+    def __init__(self, width: int, depth: int, init=(), spram: bool = False, name: str = "ram"):
+        self.width, self.depth, self.spram = width, depth, spram
+        self._init = list(init)
+        if spram and any(self._init):
+            raise ValueError(f"{name}: SB_SPRAM256KA has no initial contents; load the weights from the host")
+        self.rd_addr = Signal(range(max(depth, 2)), name=f"{name}_rd_addr")
+        self.rd_data = Signal(width, name=f"{name}_rd_data")
+        self.wr_addr = Signal(range(max(depth, 2)), name=f"{name}_wr_addr")
+        self.wr_data = Signal(width, name=f"{name}_wr_data")
+        self.wr_en = Signal(name=f"{name}_wr_en")
+        self._name = name
+
+    def elaborate(self, platform):
+        m = Module()
+        addr = Signal.like(self.rd_addr, name=f"{self._name}_addr")
+        m.d.comb += addr.eq(Mux(self.wr_en, self.wr_addr, self.rd_addr))
+        if not self.spram:
+            m.submodules.mem = mem = memory.Memory(shape=self.width, depth=self.depth, init=self._init)
+            rd, wr = mem.read_port(), mem.write_port()
+            m.d.comb += [rd.addr.eq(addr), rd.en.eq(~self.wr_en), self.rd_data.eq(rd.data),
+                         wr.addr.eq(addr), wr.data.eq(self.wr_data), wr.en.eq(self.wr_en)]
+            return m
+        cols = _ceil_div(self.width, SPRAM_WIDTH)
+        rows = _ceil_div(self.depth, SPRAM_DEPTH)
+        wdata = Signal(cols * SPRAM_WIDTH)
+        m.d.comb += wdata.eq(self.wr_data)
+        row = addr[14:] if rows > 1 else Const(0, 1)
+        row_q = Signal(max(1, len(row)))           # the row whose word rd_data shows
+        with m.If(~self.wr_en):
+            m.d.sync += row_q.eq(row)
+        row_words = []
+        for r in range(rows):
+            select = (row == r) if rows > 1 else Const(1, 1)
+            word = []
+            for c in range(cols):
+                dout = Signal(SPRAM_WIDTH, name=f"{self._name}_r{r}c{c}")
+                m.submodules[f"spram_r{r}c{c}"] = Instance(
+                    "SB_SPRAM256KA",
+                    i_ADDRESS=addr[:14], i_DATAIN=wdata[c * SPRAM_WIDTH:(c + 1) * SPRAM_WIDTH],
+                    i_MASKWREN=Const(0b1111, 4), i_WREN=self.wr_en, i_CHIPSELECT=select,
+                    i_CLOCK=ClockSignal("sync"), i_STANDBY=Const(0, 1), i_SLEEP=Const(0, 1),
+                    i_POWEROFF=Const(1, 1), o_DATAOUT=dout)
+                word.append(dout)
+            row_words.append(Cat(*word)[:self.width])
+        if rows == 1:
+            m.d.comb += self.rd_data.eq(row_words[0])
+        else:
+            with m.Switch(row_q):
+                for r in range(rows):
+                    with m.Case(r):
+                        m.d.comb += self.rd_data.eq(row_words[r])
+        return m

@@ -1,0 +1,62 @@
+# amaranth: UnusedElaboratable=no
+"""``gen/build.py`` before the tools run: memory mapping (SPRAM on the UP5K), the fit check,
+the per-method rates; and the single-port RAM's SPRAM tiling."""
+
+import pytest
+from amaranth.back import rtlil
+
+from dfa_engine.config import load_config
+from dfa_engine.gen.build import FitError, check_fit, estimate, method_rates
+from dfa_engine.gen.generate import estimate_cycles
+from dfa_engine.hdl.memory import SinglePortRAM, spram_plan, spram_tiles, weight_memory_geometry
+
+UP5K = "examples/mnist_up5k.toml"
+
+
+def test_spram_plan_puts_the_first_layer_of_the_up5k_example_in_four_blocks():
+    cfg = load_config(UP5K)
+    assert cfg.memory == "spram"
+    assert weight_memory_geometry(cfg)[0] == (2 * 16, 32 * 784)
+    assert spram_plan(cfg) == (0,)
+    assert spram_tiles(32, 32 * 784) == 4          # 2 blocks wide x 2 deep
+    assert spram_plan(cfg.with_(memory="auto")) == ()
+    # P = 8 lanes of 16 bits: 8 blocks wide, more than the device has: nothing goes to SPRAM
+    assert spram_plan(cfg.with_(lanes=8)) == ()
+
+
+def test_estimate_counts_spram_blocks_not_block_ram():
+    est = estimate(load_config(UP5K), "icebreaker", 30)
+    assert est["resources"]["SPRAM"]["estimate"] == 4
+    names = [m["name"] for m in est["memory_map"]]
+    assert "engine.core.W1.mem" not in names and "engine.core.W2.mem" in names
+    check_fit(est)
+
+
+def test_fit_check_names_the_resource():
+    cfg = load_config(UP5K)
+    with pytest.raises(FitError, match=r"^block RAM: needs \d+ SB_RAM40_4K; the iCE40UP5K has 30") as exc:
+        check_fit(estimate(cfg.with_(memory="auto"), "icebreaker", 30))
+    assert exc.value.resource == "block RAM"
+    with pytest.raises(FitError, match=r"^DSP: needs 9 SB_MAC16; the iCE40UP5K has 8"):
+        check_fit(estimate(cfg.with_(lanes=4), "icebreaker", 30))
+
+
+def test_rates_by_method_come_from_the_cycle_model():
+    cfg = load_config(None).with_(layers=(64, 48, 32, 24, 10), methods=("dfa", "dfa", "dfa"), lanes=8)
+    rates = method_rates(cfg, 50.0)
+    assert list(rates) == ["dfa", "hybrid", "bp"]
+    for kind, methods in (("dfa", ("dfa",) * 3), ("hybrid", ("dfa", "dfa", "bp")), ("bp", ("bp",) * 3)):
+        cycles = estimate_cycles(cfg.with_(methods=methods))["train_sample"]
+        assert rates[kind]["cycles_per_sample"] == cycles
+        assert rates[kind]["samples_per_second"] == pytest.approx(50e6 / cycles)
+    assert rates["dfa"]["cycles_per_sample"] < rates["hybrid"]["cycles_per_sample"] < rates["bp"]["cycles_per_sample"]
+    one_hidden = method_rates(load_config(None), None)
+    assert list(one_hidden) == ["dfa", "bp"] and one_hidden["bp"]["samples_per_second"] is None
+
+
+def test_single_port_ram_in_spram_tiles():
+    ram = SinglePortRAM(32, 3 * 16384 + 5, spram=True, name="W1")
+    text = rtlil.convert(ram, ports=[ram.rd_addr, ram.rd_data, ram.wr_addr, ram.wr_data, ram.wr_en])
+    assert text.count("cell \\SB_SPRAM256KA") == 2 * 4     # 2 blocks wide, 4 deep
+    with pytest.raises(ValueError, match="^W1: SB_SPRAM256KA has no initial contents"):
+        SinglePortRAM(16, 100, init=[1, 2], spram=True, name="W1")
