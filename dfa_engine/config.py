@@ -26,7 +26,9 @@ METHODS = ("dfa", "bp")
 FEEDBACK_KINDS = ("dense", "sparse")
 FEEDBACK_VALUES = ("pm1", "pow2", "fixed")
 FEEDBACK_STORAGE = ("table", "lfsr")
-MEMORY_KINDS = ("auto", "bram", "spram", "lutram")
+#: "auto": dual-port weight memories (block RAM, LUT RAM or logic, as the synthesis tool maps
+#: them); "spram": single-port weight memories, SB_SPRAM256KA on iCE40 UP devices (hdl/memory.py)
+MEMORY_KINDS = ("auto", "spram")
 #: "two_pass": per sample, a forward pass and an update pass over the weights.
 #: "one_pass": the update of sample n is fused with the forward pass of sample n + 1 (each
 #: weight read once, updated, written back and multiplied; SGD order unchanged).

@@ -89,7 +89,7 @@ table_size = 64
 
 [hardware]
 lanes = 8
-memory = "bram"
+memory = "spram"
 '''
 
 
@@ -129,7 +129,7 @@ def test_complete_file_round_trip(tmp_path):
         rounding_forward="trunc", rounding_backward="trunc", rounding_update="stochastic",
         lr_shift=(), lr_multiplier=0.125, epochs=3, seed=42, rounding_seed=99,
         feedback=FeedbackConfig(kind="sparse", k=3, values="pow2", max_shift=4, storage="lfsr", seed=5),
-        softmax_table_frac_bits=3, softmax_table_size=64, lanes=8, memory="bram")
+        softmax_table_frac_bits=3, softmax_table_size=64, lanes=8, memory="spram")
     assert cfg.accumulator_bits(0) == 40 and cfg.dfa_share() == 0.5
     # Write it back, load it again: the same configuration, field by field.
     again = _load_text(tmp_path, _to_toml(cfg), "again.toml")
@@ -263,7 +263,7 @@ INVALID = [
     ("table-size-not-pow2", BASE + "[softmax]\ntable_size = 100\n", "softmax.table_size: 100 must be a power of two"),
     ("table-frac-above-activation", BASE + '[formats]\nactivation = "s5.3"\n',
      "softmax.table_frac_bits: 4 exceeds the activation format's 3 fraction bits"),
-    ("bad-memory", BASE + '[hardware]\nmemory = "ddr"\n', "hardware.memory: 'ddr' must be one of auto, bram, spram, lutram"),
+    ("bad-memory", BASE + '[hardware]\nmemory = "ddr"\n', "hardware.memory: 'ddr' must be one of auto, spram"),
 ]
 
 
