@@ -321,9 +321,11 @@ class HostLink(wiring.Component):
                     m.next = "SEND_BODY"
 
             with m.State("SEND_BODY"):
-                # header and payload from resp, then the CRC, low byte first; stuffed
+                # header and payload from resp, then the CRC, low byte first; stuffed. resp
+                # shifts down a byte as each goes out (no byte-select multiplexer across the
+                # whole response: that was the UP5K's critical path)
                 raw = tx_raw
-                m.d.comb += raw.eq(Mux(tx_i < resp_len, resp.word_select(tx_i, 8),
+                m.d.comb += raw.eq(Mux(tx_i < resp_len, resp[:8],
                                        Mux(tx_i == resp_len, tx_crc[:8], tx_crc[8:])))
                 stuff = (raw == FLAG) | (raw == ESCAPE)
                 m.d.comb += [self.tx.valid.eq(1),
@@ -334,7 +336,7 @@ class HostLink(wiring.Component):
                     with m.Else():
                         m.d.sync += [tx_esc.eq(0), tx_i.eq(tx_i + 1)]
                         with m.If(tx_i < resp_len):
-                            m.d.sync += tx_crc.eq(crc16_step(tx_crc, raw))
+                            m.d.sync += [tx_crc.eq(crc16_step(tx_crc, raw)), resp.eq(resp >> 8)]
                         with m.If(tx_i == resp_len + CRC_BYTES - 1):
                             m.next = "SEND_CLOSE"
 

@@ -296,11 +296,11 @@ def _soft_multiplier_luts(inv, device: Device):
 #: writes ``benchmarks/results/estimate_calibration.json``; ``docs/boards.md`` lists the
 #: runs and the residuals). iCE40 "lut" is SB_LUT4 after synthesis, "lc" nextpnr's logic
 #: cells (a LUT4 and/or a flip-flop); ECP5 "lut" is nextpnr's TRELLIS_COMB. Fitted on the
-#: engine of commit a850b42 (iCE40: 6 runs, worst error 5.4 %; ECP5: 5 runs, lanes 2-32,
-#: worst error 9.6 %); rerun the script when the engine's area changes.
+#: engine of commit de1ff11 (iCE40: 6 runs, worst error 7.7 % (FF), 4.9 % (LC); ECP5: 5 runs,
+#: lanes 2-32, worst error 8.9 %); rerun the script when the engine's area changes.
 CALIBRATION = {
-    "ice40": {"lut": (1319.6, 571.8, 183.5), "ff": (1017.7, 229.2, 99.4), "lc": (1634.8, 1033.1, 212.4)},
-    "ecp5": {"lut": (1750.8, 645.4, 404.9), "ff": (924.0, 220.3, 104.6)},
+    "ice40": {"lut": (1362.4, 451.6, 215.9), "ff": (1063.9, 86.2, 132.3), "lc": (1720.7, 878.6, 248.3)},
+    "ecp5": {"lut": (1560.2, 640.8, 418.3), "ff": (845.4, 182.4, 143.9)},
 }
 
 def _linear(coeffs, cfg):

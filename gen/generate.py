@@ -15,6 +15,7 @@ from amaranth.back import verilog
 from dfa_engine.config import ConfigError, EngineConfig
 from dfa_engine.feedback import initial_parameters
 from dfa_engine.hdl.engine import COUNTERS, Engine, address_layout
+from dfa_engine.hdl.update import UPDATE_LATENCY
 from dfa_engine.tables import EXP_FRAC_BITS, exp_table
 
 __all__ = ["generate", "engine_info", "estimate_cycles", "check_feasible", "memory_bits", "TOP_NAME"]
@@ -44,20 +45,27 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     # then stalls while their two write-backs pass (2 cycles a word, the port bound)
     single_port = cfg.memory == "spram"
 
+    lat = UPDATE_LATENCY
+    lat_w = 1 + lat       # issue to write-back: the read, then the update unit
+
     def pass_cycles(w, writes):
-        return w + 2 * ((w - 1) // 2) if (single_port and writes) else w
-    fwd = sum(pass_cycles(words[l], one_pass) + drain + (1 if one_pass else 0) for l in range(L))
-    fwd_infer = sum(words[l] + drain + (1 if one_pass else 0) for l in range(L))
-    # output error: start, max (C), exp (C + 1), divide (33), then per class a load, a
+        # single-port: lat_w reads, then their lat_w write-backs stall the issue
+        return w + lat_w * ((w - 1) // lat_w) if (single_port and writes) else w
+    # a one-pass forward pass drains the update unit's stages too
+    fwd_drain = drain + 1     # the result register before the activation
+    fwd = sum(pass_cycles(words[l], one_pass) + fwd_drain + (lat if one_pass else 0) for l in range(L))
+    fwd_infer = sum(words[l] + fwd_drain + (lat if one_pass else 0) for l in range(L))
+    # output error: start, max (C), exp (C + 3: a 3-stage pipeline), divide (33), then per class a load, a
     # shift-and-add multiply (one bit of E a cycle) and a store
     ew = EXP_FRAC_BITS + 1
-    err = 1 + (C - 1) + 1 + C + 1 + 33 + C * (ew + 2) + 1 + 1
+    err = 1 + (C - 1) + 1 + C + 3 + 33 + C * (ew + 2) + 1 + 1
     delta_out = groups[-1]
     dfa = max([groups[l] + 2 for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
     # DELTA_BP_NEXT visits each hidden layer once (top down); a BP layer adds its
     # transposed pass and drain
     bp = sum(n[l + 1] * groups[l + 1] + drain for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1)
-    upd = 1 if one_pass else 1 + sum(pass_cycles(words[l], True) + drain for l in range(L))   # one-pass: COMMIT
+    upd_pass = [pass_cycles(words[l], True) + drain + lat - 1 for l in range(L)]
+    upd = 1 if one_pass else 1 + sum(upd_pass)   # one-pass: COMMIT
     load = n[0] + 1
     result = 1
     train = load + fwd + err + delta_out + dfa + bp + upd + result

@@ -40,7 +40,7 @@ from .feedback import SparseProjection, entry_layout
 from .mac import MACArray
 from .memory import SinglePortRAM, is_ice40_up, spram_plan
 from .output_error import OutputError
-from .update import UpdateLanes
+from .update import UPDATE_LATENCY, UpdateLanes
 
 __all__ = ["Engine", "address_layout", "host_address", "COUNTERS", "LABEL_BITS", "host_data_width",
            "engine_signature"]
@@ -428,17 +428,17 @@ class Engine(wiring.Component):
                 aligned_lanes.append(al)
             return Cat(*aligned_lanes)
 
-        # Stage 3 of the one-pass forward: the MAC multiplies the weights as the update unit
-        # leaves them (the pending update applied), one cycle after stage 2.
-        s3_valid = Signal()
-        s3_first = Signal()
-        s3_last = Signal()
-        s3_g = Signal.like(g)
-        s3_layer = Signal.like(layer)
-        s3_x = Signal(x_shape)
+        # The MAC stage of the one-pass forward: the MAC multiplies the weights as the update
+        # unit leaves them (the pending update applied), UPDATE_LATENCY cycles after stage 2.
+        s3_valid, s3_first, s3_last = Signal(), Signal(), Signal()
+        s3_g, s3_layer, s3_x = Signal.like(g), Signal.like(layer), Signal(x_shape)
         if one_pass:
-            m.d.sync += [s3_valid.eq(s2_valid & fwd_active), s3_first.eq(s2_first), s3_last.eq(s2_last),
-                         s3_g.eq(s2_g), s3_layer.eq(s2_layer), s3_x.eq(x_sel)]
+            stage = [s2_valid & fwd_active, s2_first, s2_last, s2_g, s2_layer, x_sel]
+            for k in range(UPDATE_LATENCY):
+                regs = ([s3_valid, s3_first, s3_last, s3_g, s3_layer, s3_x] if k == UPDATE_LATENCY - 1 else
+                        [Signal.like(v, name=f"mac_stage{k}_{i}") for i, v in enumerate(stage)])
+                m.d.sync += [r.eq(v) for r, v in zip(regs, stage)]
+                stage = regs
             m.d.comb += [mac.i.payload.w.eq(upd.o.payload.w.as_value()),
                          mac.i.payload.bias.eq(Array(aligned_bias(upd_b.o.payload.w.as_value(), l)
                                                      for l in range(L))[s3_layer]),
@@ -469,10 +469,19 @@ class Engine(wiring.Component):
                     with m.Case(l):
                         m.d.comb += aligned.eq(mac.o.payload[p] << (fwd_frac - fwd_fracs[l]))
             m.d.comb += rq[p].i.eq(aligned)
+        # The requantized results are registered before the activation and the writes (the
+        # accumulator's rounding, saturation, activation and write in one cycle ran the
+        # UP5K at 20 MHz).
+        r_valid = Signal(name="res_valid")
+        r_g, r_layer = Signal.like(g, name="res_g_q"), Signal.like(layer, name="res_layer_q")
+        r_val = [Signal(f.activation.amaranth_shape(), name=f"res_val{p}") for p in range(P)]
+        r_sat = [Signal(name=f"res_sat{p}") for p in range(P)]
+        m.d.sync += [r_valid.eq(mac.o.valid), r_g.eq(res_g), r_layer.eq(res_layer)]
+        m.d.sync += [r.eq(q.o) for r, q in zip(r_val, rq)] + [r.eq(q.saturated) for r, q in zip(r_sat, rq)]
         for l in range(L):
-            active_here = mac.o.valid & (res_layer == l)
+            active_here = r_valid & (r_layer == l)
             nsat = Signal(range(P + 1), name=f"fwd_sat{l + 1}")
-            terms = [rq[p].saturated & ((res_g * P + p) < n[l + 1]) for p in range(P)]
+            terms = [r_sat[p] & ((r_g * P + p) < n[l + 1]) for p in range(P)]
             acc_sum = terms[0]
             for t in terms[1:]:
                 acc_sum = acc_sum + t
@@ -481,7 +490,7 @@ class Engine(wiring.Component):
             if l < L - 1:
                 hv, mv = [], []
                 for p in range(P):
-                    a_ = rq[p].o
+                    a_ = r_val[p]
                     if cfg.activation == "relu":
                         hv.append(Mux(a_ > 0, a_, 0))
                         mv.append(a_ > 0)
@@ -489,17 +498,17 @@ class Engine(wiring.Component):
                         one = 1 << f.activation.frac_bits
                         hv.append(Mux(a_ > one, one, Mux(a_ < -one, -one, a_)))
                         mv.append((a_ > -one) & (a_ < one))
-                m.d.comb += h_wr[l].addr.eq(Mux(cur, G[l] + res_g, res_g))
+                m.d.comb += h_wr[l].addr.eq(Mux(cur, G[l] + r_g, r_g))
                 hsig = [Signal(f.activation.amaranth_shape(), name=f"hval{l + 1}_{p}") for p in range(P)]
                 for p in range(P):
                     m.d.comb += hsig[p].eq(hv[p])
                 m.d.comb += [h_wr[l].data.eq(Cat(*hsig)), h_wr[l].en.eq(active_here),
-                             mask_wr[l].addr.eq(res_g), mask_wr[l].data.eq(Cat(*mv)), mask_wr[l].en.eq(active_here)]
+                             mask_wr[l].addr.eq(r_g), mask_wr[l].data.eq(Cat(*mv)), mask_wr[l].en.eq(active_here)]
             else:
                 # the logits go straight into the output-error unit, P a cycle
-                m.d.comb += [oerr.y_wr.en.eq(active_here), oerr.y_wr.group.eq(res_g)]
+                m.d.comb += [oerr.y_wr.en.eq(active_here), oerr.y_wr.group.eq(r_g)]
                 for p in range(P):
-                    m.d.comb += oerr.y_wr.value[p].eq(rq[p].o)
+                    m.d.comb += oerr.y_wr.value[p].eq(r_val[p])
 
         # ---- DFA projections: all DFA layers at once -----------------------------------
         # Each DFA layer walks its groups with its own counter; e is broadcast to all.
@@ -682,12 +691,24 @@ class Engine(wiring.Component):
         out_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1), name="upd_addr")
         out_g = Signal.like(g, name="upd_g")
         out_layer = Signal.like(layer, name="upd_layer")
+        in_addr = Signal.like(out_addr, name="upd_in_addr")
+        in_g = Signal.like(g, name="upd_in_g")
+        in_layer = Signal.like(layer, name="upd_in_layer")
         with m.If(sel):
-            m.d.sync += [out_g.eq(s2_g), out_layer.eq(s2_layer)]
+            m.d.sync += [in_g.eq(s2_g), in_layer.eq(s2_layer)]
             with m.Switch(s2_layer):
                 for l in range(L):
                     with m.Case(l):
-                        m.d.sync += out_addr.eq(s2_g * n[l] + s2_j)
+                        m.d.sync += in_addr.eq(s2_g * n[l] + s2_j)
+        # ... and follow the word through the rest of the update unit's pipeline
+        stage = [in_addr, in_g, in_layer]
+        for k in range(UPDATE_LATENCY - 1):
+            regs = ([out_addr, out_g, out_layer] if k == UPDATE_LATENCY - 2 else
+                    [Signal.like(v, name=f"upd_stage{k}_{i}") for i, v in enumerate(stage)])
+            m.d.sync += [r.eq(v) for r, v in zip(regs, stage)]
+            stage = regs
+        if UPDATE_LATENCY == 1:
+            m.d.comb += [out_addr.eq(in_addr), out_g.eq(in_g), out_layer.eq(in_layer)]
         # A word is written back where an update is applied: always in the update pass,
         # in a one-pass forward pass only while an update is pending (otherwise the word
         # would come back unchanged, and single-port weights would stall for nothing).
@@ -705,13 +726,15 @@ class Engine(wiring.Component):
         sat_inc.append(Mux(ub.o.valid, ub.o.payload.sat_update + ub.o.payload.sat_weight, 0))
 
         # ---- saturation counter -------------------------------------------------------
-        sat_total = Signal(16)
-        total = sat_inc[0]
-        for t in sat_inc[1:]:
-            total = total + t
-        m.d.comb += sat_total.eq(total)
+        # The per-cycle counts are summed by a balanced tree into a register and counted the
+        # cycle after (a reset does not drop them: reset_less); one long chain of adders
+        # into the 32-bit saturating counter was the engine's critical path.
         e_sat = Signal(16)
-        m.d.sync += bump("saturation_events", sat_total + e_sat)
+        terms = [*sat_inc, e_sat]
+        while len(terms) > 1:
+            terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
+        sat_q = Signal(16, reset_less=True)
+        m.d.sync += [sat_q.eq(terms[0]), bump("saturation_events", sat_q)]
 
         # ---- issuing counters for streaming passes -------------------------------------
         def next_column():
@@ -749,7 +772,8 @@ class Engine(wiring.Component):
             m.d.comb += fused.eq(fwd_active)
         res_first, res_src_g, res_src_layer = ((s3_valid & s3_first, s3_g, s3_layer) if one_pass
                                                else (s2_valid & s2_first, s2_g, s2_layer))
-        fwd_drain_cycles = 4 if one_pass else 3
+        # the last group's results: the MAC, the result register, then the write
+        fwd_drain_cycles = 4 + UPDATE_LATENCY if one_pass else 4
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -907,7 +931,7 @@ class Engine(wiring.Component):
             with m.State("UPDATE_DRAIN"):
                 m.d.comb += upd_active.eq(1)
                 m.d.sync += drain.eq(drain + 1)
-                with m.If(drain == 3):
+                with m.If(drain == 2 + UPDATE_LATENCY):
                     with m.If(layer == L - 1):
                         if one_pass:                    # a flush
                             m.d.sync += pending.eq(0)

@@ -3,7 +3,7 @@
 Sequential and small: one class per cycle for the maximum, one per cycle for the exp-table
 look-up and the sum, a 1-bit-per-cycle restoring divider for ``R = floor(2^31 / S)``, and
 for each class a shift-and-add multiplication ``E R`` (one bit of ``E`` a cycle) for
-``p = round(E R)``. About ``(E_bits + 4) C + 36`` cycles per sample, next to the thousands
+``p = round(E R)``. About ``(E_bits + 4) C + 38`` cycles per sample, next to the thousands
 of the MAC passes, and no multiplier: on the iCE40 UP5K the 8 DSPs all go to the lanes.
 The unit owns the logits (written by the engine, ``P`` a cycle, as the MAC array produces
 them) and the output error registers (read by the engine until the next start), so neither
@@ -69,7 +69,11 @@ class OutputError(wiring.Component):
         fe = f.error.frac_bits
         m.submodules.table = table = memory.Memory(shape=unsigned(EXP_FRAC_BITS + 1), depth=N,
                                                    init=exp_table(cfg))
-        rd = table.read_port(domain="comb")
+        # a synchronous read (block RAM): the EXP pass is a 3-stage pipeline (address, table,
+        # sum), which keeps the class-index multiplexer, the subtraction, the table and the
+        # sum's adder in separate cycles (one combinational path of them ran at 19 MHz on
+        # the UP5K)
+        rd = table.read_port()
 
         y = Array(Signal(act.amaranth_shape(), name=f"y{c}") for c in range(C))
         E = Array(Signal(EXP_FRAC_BITS + 1, name=f"E{c}") for c in range(C))
@@ -97,9 +101,14 @@ class OutputError(wiring.Component):
         m.d.comb += d.eq(ymax - y[idx])
         k = Signal(len(d))
         m.d.comb += k.eq(d >> (act.frac_bits - cfg.softmax_table_frac_bits))
-        m.d.comb += rd.addr.eq(k)
+        # EXP pipeline: stage 1 registers the table index of class idx; stage 2 reads the
+        # table; stage 3 adds the entry (0 past the table's end) to S.
+        k_q = Signal(range(N), name="exp_k")
+        v1, in1, idx1 = Signal(name="exp_v1"), Signal(name="exp_in1"), Signal(range(C + 1), name="exp_idx1")
+        v2, in2, idx2 = Signal(name="exp_v2"), Signal(name="exp_in2"), Signal(range(C + 1), name="exp_idx2")
+        m.d.comb += rd.addr.eq(k_q)
         e_now = Signal(EXP_FRAC_BITS + 1)
-        m.d.comb += e_now.eq(((k < N)).replicate(EXP_FRAC_BITS + 1) & rd.data)
+        m.d.comb += e_now.eq(in2.replicate(EXP_FRAC_BITS + 1) & rd.data)
 
         # E R by shift and add, one bit of E a cycle (the accumulator's high part gets R or
         # 0, then the whole shifts right): after len(E) steps acc = E R exactly.
@@ -136,11 +145,14 @@ class OutputError(wiring.Component):
                         m.d.sync += [ymax.eq(y[idx]), pred.eq(idx)]
                     m.d.sync += idx.eq(idx + 1)
             with m.State("EXP"):
-                with m.If(idx == C):
+                m.d.sync += [v1.eq(idx != C), v2.eq(v1), in2.eq(in1), idx2.eq(idx1)]
+                with m.If(idx != C):
+                    m.d.sync += [k_q.eq(k[:len(k_q)]), in1.eq(k < N), idx1.eq(idx), idx.eq(idx + 1)]
+                with m.If(v2):
+                    m.d.sync += [E[idx2].eq(e_now), S.eq(S + e_now)]
+                with m.If((idx == C) & ~v1 & ~v2):
                     m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1)]
                     m.next = "DIV"
-                with m.Else():
-                    m.d.sync += [E[idx].eq(e_now), S.eq(S + e_now), idx.eq(idx + 1)]
             with m.State("DIV"):
                 # Dividend 2^31: bit 31 set, all lower bits zero.
                 with m.If(bit == 0):

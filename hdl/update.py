@@ -18,7 +18,12 @@ from dfa_engine.fixed import FixedFormat
 
 from .arith import Requantize
 
-__all__ = ["UpdateLanes"]
+__all__ = ["UpdateLanes", "UPDATE_LATENCY"]
+
+#: Cycles from an accepted input to its output: the product (a DSP, registered) in one
+#: stage; alignment, rounding, saturation, subtraction and the clamp in the next (in one
+#: cycle this chain limited the engine to 21 MHz on the UP5K and 44 MHz on the ECP5).
+UPDATE_LATENCY = 2
 
 
 class UpdateLanes(wiring.Component):
@@ -33,8 +38,10 @@ class UpdateLanes(wiring.Component):
         ``h`` only for weights (a bias unit's input is the constant 1).
         ``rand`` only with stochastic rounding: one LFSR word per lane.
     o : Out(stream.Signature(StructLayout{w[P], sat_update, sat_weight}))
-        Registered; ``sat_update``/``sat_weight`` count the lanes whose ``dW`` / new
-        weight were clamped (sites ``dW<l>``/``W<l>``, or ``db<l>``/``b<l>``).
+        :data:`UPDATE_LATENCY` cycles after the input when ``o.ready`` stays high (the
+        whole pipeline stalls while ``o`` waits); ``sat_update``/``sat_weight`` count the
+        lanes whose ``dW`` / new weight were clamped (sites ``dW<l>``/``W<l>``, or
+        ``db<l>``/``b<l>``).
     """
 
     def __init__(self, cfg: EngineConfig, lanes: int, layer, for_bias: bool = False):
@@ -101,15 +108,26 @@ class UpdateLanes(wiring.Component):
         h_width = len(h)
         prod_width = f.delta.width + h_width + lr_width + 2
         aligned_width = prod_width + max(aligns)
-        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
+        # Two stages that advance together: stage A holds the products (and the weights,
+        # layer and random words that go with them), stage B the outputs.
+        advance = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(advance)
+        a_valid = Signal()
+        with m.If(advance):
+            m.d.sync += [a_valid.eq(self.i.valid), self.o.valid.eq(a_valid)]
         sat_u, sat_w = [], []
-        fire = self.i.valid & self.i.ready
-        sel = self.i.payload.layer if self._shared else 0
+        fire = advance & a_valid         # stage B takes stage A's contents
+        sel = Signal.like(self.i.payload.layer, name="a_layer") if self._shared else 0
+        if self._shared:
+            with m.If(advance):
+                m.d.sync += sel.eq(self.i.payload.layer)
         for p in range(self._lanes):
+            prod_now = Signal(signed(prod_width), name=f"prod_in{p}")
+            m.d.comb += prod_now.eq(self.i.payload.delta[p] * h * lr_raw)
             prod = Signal(signed(prod_width), name=f"prod{p}")
-            m.d.comb += prod.eq(self.i.payload.delta[p] * h * lr_raw)
+            w_a = Signal(w_fmt.amaranth_shape(), name=f"w_a{p}")
+            with m.If(advance):
+                m.d.sync += [prod.eq(prod_now), w_a.eq(self.i.payload.w[p])]
             aligned = Signal(signed(aligned_width), name=f"aligned{p}")
             rq = Requantize(aligned_width, frac, d_fmt, cfg.rounding_update)
             m.submodules[f"requant{p}"] = rq
@@ -122,16 +140,19 @@ class UpdateLanes(wiring.Component):
                             m.d.comb += aligned.eq(prod << k)
             m.d.comb += rq.i.eq(aligned)
             if cfg.rounding_update == "stochastic":
+                rand_a = Signal(32, name=f"rand_a{p}")
+                with m.If(advance):
+                    m.d.sync += rand_a.eq(self.i.payload.rand[p])
                 shifts = [pf - d_fmt.frac_bits for pf in prod_fracs]
                 with m.Switch(sel):
                     for li, (k, s) in enumerate(zip(aligns, shifts)):
                         with m.Case(li):
                             if s > 0:
-                                m.d.comb += rq.rand.eq(self.i.payload.rand[p][:s] << k)
+                                m.d.comb += rq.rand.eq(rand_a[:s] << k)
                             else:
                                 m.d.comb += rq.rand.eq(0)
             diff = Signal(signed(w_fmt.width + 2), name=f"diff{p}")
-            m.d.comb += diff.eq(self.i.payload.w[p] - rq.o)
+            m.d.comb += diff.eq(w_a - rq.o)
             clamped = Signal(w_fmt.amaranth_shape(), name=f"w_new{p}")
             over, under = diff > w_fmt.max_raw, diff < w_fmt.min_raw
             m.d.comb += clamped.eq(Mux(over, w_fmt.max_raw, Mux(under, w_fmt.min_raw, diff)))
@@ -145,6 +166,4 @@ class UpdateLanes(wiring.Component):
                 total = total + b
             with m.If(fire):
                 m.d.sync += getattr(self.o.payload, name).eq(total)
-        with m.If(fire):
-            m.d.sync += self.o.valid.eq(1)
         return m

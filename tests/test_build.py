@@ -60,3 +60,15 @@ def test_single_port_ram_in_spram_tiles():
     assert text.count("cell \\SB_SPRAM256KA") == 2 * 4     # 2 blocks wide, 4 deep
     with pytest.raises(ValueError, match="^W1: SB_SPRAM256KA has no initial contents"):
         SinglePortRAM(16, 100, init=[1, 2], spram=True, name="W1")
+
+
+def test_calibration_constants_are_the_recorded_fit():
+    """The LUT/FF/LC model in gen/build.py is the fit benchmarks/calibrate_estimate.py wrote."""
+    import json
+    from pathlib import Path
+
+    from dfa_engine.gen.build import CALIBRATION
+    recorded = json.loads((Path(__file__).parent.parent / "benchmarks/results/estimate_calibration.json").read_text())
+    for family, fit in CALIBRATION.items():
+        for kind, coeffs in fit.items():
+            assert list(coeffs) == recorded["families"][family]["fit"][kind]["coefficients"], (family, kind)

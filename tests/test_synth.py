@@ -1,0 +1,41 @@
+"""Synthesis smoke tests: a small configuration through the whole open flow (Yosys,
+nextpnr, the packer) for each FPGA family, exactly as ``dfa-engine build`` runs it. The
+example configurations' full builds are benchmarks (``benchmarks/synth.py``)."""
+
+import json
+
+import pytest
+
+from dfa_engine.config import config_from_dict
+from dfa_engine.gen.build import build
+from dfa_engine.hdl.memory import spram_plan
+
+SMALL = {"network": {"layers": [16, 8, 4]}, "hardware": {"lanes": 1}}
+REQUIRED = {"board", "device", "fmax_mhz", "target_mhz", "utilization", "cycles_per_sample", "samples_per_second"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("board,freq,bitstream,extra", [
+    ("icebreaker", 16.0, "dfa_top.bin", {}),
+    ("ulx3s-12f", 50.0, "dfa_top.bit", {}),
+    ("icebreaker", 16.0, "dfa_top.bin", {"memory": "spram"}),
+])
+def test_small_engine_builds_and_meets_timing(tmp_path, board, freq, bitstream, extra):
+    cfg = config_from_dict({**SMALL, "hardware": {**SMALL["hardware"], **extra}})
+    rep = build(cfg, board, tmp_path / "out", freq_mhz=freq, echo=lambda s: None)
+    assert rep["status"] == "ok", (rep["failed_step"], rep["error"])
+    assert rep["timing_met"] and rep["fmax_mhz"] >= rep["target_mhz"]
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert REQUIRED <= set(on_disk)
+    util = on_disk["utilization"]
+    for resource in ("LUT", "FF", "DSP", "BRAM"):
+        assert 0 <= util[resource]["used"] <= util[resource]["available"], resource
+    assert util["DSP"]["used"] >= 2            # the MAC and the update multiplier are DSPs
+    if extra.get("memory") == "spram":
+        # W1 (16 bits x 128 words) and W2 (16 x 32): one block each (hdl/memory.py spram_plan)
+        assert spram_plan(cfg) == (0, 1) and util["SPRAM"]["used"] == 2
+    assert rep["samples_per_second"] == pytest.approx(rep["target_mhz"] * 1e6 / rep["cycles_per_sample"])
+    assert (tmp_path / "out" / bitstream).stat().st_size > 10_000
+    for path in (tmp_path / "out").iterdir():
+        if path.suffix in (".json", ".v", ".il", ".pcf", ".lpf", ".ys", ".sh"):
+            assert str(tmp_path) not in path.read_text(errors="replace"), path.name
