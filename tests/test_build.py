@@ -37,8 +37,10 @@ def test_fit_check_names_the_resource():
     with pytest.raises(FitError, match=r"^block RAM: needs \d+ SB_RAM40_4K; the iCE40UP5K has 30") as exc:
         check_fit(estimate(cfg.with_(memory="auto"), "icebreaker", 30))
     assert exc.value.resource == "block RAM"
-    with pytest.raises(FitError, match=r"^DSP: needs 9 SB_MAC16; the iCE40UP5K has 8"):
-        check_fit(estimate(cfg.with_(lanes=4), "icebreaker", 30))
+    # 8 lanes: 8 MAC and 8 update multipliers, too many for the
+    # DSPs and, as LUT multipliers, for the LUTs
+    with pytest.raises(FitError, match=r"^DSP: needs 16 SB_MAC16; the iCE40UP5K has 8 \(in LUTs instead"):
+        check_fit(estimate(cfg.with_(layers=(16, 16, 4), lanes=8, memory="auto"), "icebreaker", 30))
 
 
 def test_rates_by_method_come_from_the_cycle_model():
