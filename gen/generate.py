@@ -52,7 +52,7 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
         # single-port: lat_w reads, then their lat_w write-backs stall the issue
         return w + lat_w * ((w - 1) // lat_w) if (single_port and writes) else w
     # a one-pass forward pass drains the update unit's stages too
-    fwd_drain = drain + 1     # the result register before the activation
+    fwd_drain = drain + 2     # the MAC's product stage and the result register
     fwd = sum(pass_cycles(words[l], one_pass) + fwd_drain + (lat if one_pass else 0) for l in range(L))
     fwd_infer = sum(words[l] + fwd_drain + (lat if one_pass else 0) for l in range(L))
     # output error: start, max (C), exp (C + 3: a 3-stage pipeline), divide (33), then per class a load, a

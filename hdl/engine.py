@@ -284,7 +284,8 @@ class Engine(wiring.Component):
         acc_width = cfg.accumulator_bits(0)
         max_bias_shift = max(cfg.accumulator_frac(l) - f.bias.frac_bits for l in range(L))
         m.submodules.mac = mac = MACArray(lanes=P, x_shape=x_shape, w_shape=f.weight.amaranth_shape(),
-                                          acc_width=acc_width, bias_shape=signed(bW + max_bias_shift))
+                                          acc_width=acc_width, bias_shape=signed(bW + max_bias_shift),
+                                          product_stage=True)
         m.d.comb += mac.o.ready.eq(1)
         m.submodules.oerr = oerr = OutputError(cfg, P)
         # the output error lives in the unit's registers (valid from ERR_WAIT to the next ERR)
@@ -758,7 +759,7 @@ class Engine(wiring.Component):
             with m.Else():
                 next_column()
 
-        drain = Signal(range(8))
+        drain = Signal(range(16))
         # single-port weights: a cycle that writes a word back issues no read
         w_port_busy = w_write if single_port else Const(0, 1)
         label_ok = Signal()
@@ -770,10 +771,16 @@ class Engine(wiring.Component):
         after_deltas = "COMMIT" if one_pass else "UPDATE_START"
         if one_pass:
             m.d.comb += fused.eq(fwd_active)
-        res_first, res_src_g, res_src_layer = ((s3_valid & s3_first, s3_g, s3_layer) if one_pass
-                                               else (s2_valid & s2_first, s2_g, s2_layer))
-        # the last group's results: the MAC, the result register, then the write
-        fwd_drain_cycles = 4 + UPDATE_LATENCY if one_pass else 4
+        mac_in_first, mac_in_g, mac_in_layer = ((s3_valid & s3_first, s3_g, s3_layer) if one_pass
+                                                else (s2_valid & s2_first, s2_g, s2_layer))
+        # the group whose sums the MAC emits next: taken as its first element leaves the
+        # MAC's product stage (a cycle after it entered)
+        res_first = Signal(name="res_first")
+        res_src_g, res_src_layer = Signal.like(g, name="res_src_g"), Signal.like(layer, name="res_src_layer")
+        m.d.sync += [res_first.eq(mac_in_first), res_src_g.eq(mac_in_g), res_src_layer.eq(mac_in_layer)]
+        # the last group's results: the MAC's two stages, the result register, the write
+        fwd_drain_cycles = 5 + UPDATE_LATENCY if one_pass else 5
+        assert max(fwd_drain_cycles, 2 + UPDATE_LATENCY) < 16      # the drain counter's range
 
         with m.FSM() as fsm:
             with m.State("IDLE"):

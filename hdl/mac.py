@@ -31,6 +31,10 @@ class MACArray(wiring.Component):
         Width of each exact (signed) accumulator.
     bias_shape : Shape
         Shape of each lane's bias, already aligned to the accumulator's fraction bits.
+    product_stage : bool
+        Register the products (a DSP's output register) before they are accumulated: one
+        more cycle of latency, and the multiplier and the accumulator's adder are no
+        longer one combinational path (the engine's forward MAC).
 
     Members
     -------
@@ -40,12 +44,13 @@ class MACArray(wiring.Component):
         One transfer per ``last`` input: the sums of the row group.
     """
 
-    def __init__(self, *, lanes: int, x_shape, w_shape, acc_width: int, bias_shape):
+    def __init__(self, *, lanes: int, x_shape, w_shape, acc_width: int, bias_shape, product_stage: bool = False):
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"Lane count must be a positive integer, not {lanes!r}")
         if not isinstance(acc_width, int) or acc_width < 2:
             raise ValueError(f"Accumulator width must be an integer >= 2, not {acc_width!r}")
         self._lanes, self._acc_width = lanes, acc_width
+        self._product_stage = product_stage
         in_layout = data.StructLayout({
             "x": x_shape,
             "w": data.ArrayLayout(w_shape, lanes),
@@ -65,22 +70,39 @@ class MACArray(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         acc = [Signal(signed(self._acc_width), name=f"acc{p}") for p in range(self._lanes)]
-        # One output buffer: accept input unless a finished sum is waiting.
-        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        with m.If(self.i.valid & self.i.ready):
-            p_in = self.i.payload
+        p_in = self.i.payload
+        if not self._product_stage:
+            # One output buffer: accept input unless a finished sum is waiting.
+            m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
+            with m.If(self.o.valid & self.o.ready):
+                m.d.sync += self.o.valid.eq(0)
+            valid, first, last = self.i.valid & self.i.ready, p_in.first, p_in.last
+            terms = [p_in.w[p] * p_in.x for p in range(self._lanes)]
+            biases = [p_in.bias[p] for p in range(self._lanes)]
+        else:
+            # the product stage and the accumulator advance together (stall as one)
+            advance = ~self.o.valid | self.o.ready
+            m.d.comb += self.i.ready.eq(advance)
+            with m.If(self.o.valid & self.o.ready):
+                m.d.sync += self.o.valid.eq(0)
+            q_valid, first, last = Signal(name="prod_valid"), Signal(name="prod_first"), Signal(name="prod_last")
+            terms = [Signal(signed(len(p_in.w[p]) + len(p_in.x) + 1), name=f"prod{p}") for p in range(self._lanes)]
+            biases = [Signal.like(p_in.bias[p], name=f"prod_bias{p}") for p in range(self._lanes)]
+            with m.If(advance):
+                m.d.sync += [q_valid.eq(self.i.valid), first.eq(p_in.first), last.eq(p_in.last)]
+                m.d.sync += [t.eq(p_in.w[p] * p_in.x) for p, t in enumerate(terms)]
+                m.d.sync += [b.eq(p_in.bias[p]) for p, b in enumerate(biases)]
+            valid = q_valid & advance
+        with m.If(valid):
             for p in range(self._lanes):
-                term = p_in.w[p] * p_in.x
                 nxt = Signal(signed(self._acc_width), name=f"next{p}")
-                with m.If(p_in.first):
-                    m.d.comb += nxt.eq(p_in.bias[p] + term)
+                with m.If(first):
+                    m.d.comb += nxt.eq(biases[p] + terms[p])
                 with m.Else():
-                    m.d.comb += nxt.eq(acc[p] + term)
+                    m.d.comb += nxt.eq(acc[p] + terms[p])
                 m.d.sync += acc[p].eq(nxt)
-                with m.If(p_in.last):
+                with m.If(last):
                     m.d.sync += self.o.payload[p].eq(nxt)
-            with m.If(p_in.last):
+            with m.If(last):
                 m.d.sync += self.o.valid.eq(1)
         return m

@@ -20,10 +20,10 @@ from .arith import Requantize
 
 __all__ = ["UpdateLanes", "UPDATE_LATENCY"]
 
-#: Cycles from an accepted input to its output: the product (a DSP, registered) in one
-#: stage; alignment, rounding, saturation, subtraction and the clamp in the next (in one
-#: cycle this chain limited the engine to 21 MHz on the UP5K and 44 MHz on the ECP5).
-UPDATE_LATENCY = 2
+#: Cycles from an accepted input to its output: the product (a DSP, registered); the
+#: alignment, rounding and saturation of ``dW``; the subtraction and the clamp (in one
+#: cycle this chain limited the engine to 19 MHz on the UP5K and 44 MHz on the ECP5).
+UPDATE_LATENCY = 3
 
 
 class UpdateLanes(wiring.Component):
@@ -108,15 +108,16 @@ class UpdateLanes(wiring.Component):
         h_width = len(h)
         prod_width = f.delta.width + h_width + lr_width + 2
         aligned_width = prod_width + max(aligns)
-        # Two stages that advance together: stage A holds the products (and the weights,
-        # layer and random words that go with them), stage B the outputs.
+        # Three stages that advance together: A holds the products (and the weights, layer
+        # and random words that go with them), B the rounded and saturated dW, then the
+        # outputs.
         advance = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(advance)
-        a_valid = Signal()
+        a_valid, b_valid = Signal(), Signal()
         with m.If(advance):
-            m.d.sync += [a_valid.eq(self.i.valid), self.o.valid.eq(a_valid)]
+            m.d.sync += [a_valid.eq(self.i.valid), b_valid.eq(a_valid), self.o.valid.eq(b_valid)]
         sat_u, sat_w = [], []
-        fire = advance & a_valid         # stage B takes stage A's contents
+        fire = advance & b_valid         # the output stage takes stage B's contents
         sel = Signal.like(self.i.payload.layer, name="a_layer") if self._shared else 0
         if self._shared:
             with m.If(advance):
@@ -151,14 +152,19 @@ class UpdateLanes(wiring.Component):
                                 m.d.comb += rq.rand.eq(rand_a[:s] << k)
                             else:
                                 m.d.comb += rq.rand.eq(0)
+            dw_b = Signal.like(rq.o, name=f"dw_b{p}")
+            w_b = Signal.like(w_a, name=f"w_b{p}")
+            sat_b = Signal(name=f"sat_b{p}")
+            with m.If(advance):
+                m.d.sync += [dw_b.eq(rq.o), w_b.eq(w_a), sat_b.eq(rq.saturated)]
             diff = Signal(signed(w_fmt.width + 2), name=f"diff{p}")
-            m.d.comb += diff.eq(w_a - rq.o)
+            m.d.comb += diff.eq(w_b - dw_b)
             clamped = Signal(w_fmt.amaranth_shape(), name=f"w_new{p}")
             over, under = diff > w_fmt.max_raw, diff < w_fmt.min_raw
             m.d.comb += clamped.eq(Mux(over, w_fmt.max_raw, Mux(under, w_fmt.min_raw, diff)))
             with m.If(fire):
                 m.d.sync += self.o.payload.w[p].eq(clamped)
-            sat_u.append(rq.saturated)
+            sat_u.append(sat_b)
             sat_w.append(over | under)
         for name, bits in (("sat_update", sat_u), ("sat_weight", sat_w)):
             total = bits[0]

@@ -9,12 +9,13 @@ from amaranth.sim import Simulator
 from dfa_engine.hdl.mac import MACArray
 
 
+@pytest.mark.parametrize("product_stage", [False, True])
 @pytest.mark.parametrize("lanes,x_signed", [(1, False), (4, True), (16, False)])
-def test_mac_array_sums_exactly(lanes, x_signed):
+def test_mac_array_sums_exactly(lanes, x_signed, product_stage):
     rng = np.random.default_rng(lanes)
     xw, ww, bw, acc_w = 8, 16, 24, 34
     dut = MACArray(lanes=lanes, x_shape=signed(xw) if x_signed else unsigned(xw), w_shape=signed(ww),
-                   acc_width=acc_w, bias_shape=signed(bw))
+                   acc_width=acc_w, bias_shape=signed(bw), product_stage=product_stage)
     groups = []
     for n in (1, 7, 50):  # row groups of different fan-in, including the extremes of every operand
         x = rng.integers(-(1 << (xw - 1)) if x_signed else 0, (1 << (xw - 1)) if x_signed else (1 << xw), size=n)
