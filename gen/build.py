@@ -598,7 +598,12 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     est = estimate(cfg, board, top.freq_mhz)
     echo(format_estimate(est, cfg))
     if check:
-        for w in check_fit(est):
+        try:
+            warnings_ = check_fit(est)
+        except FitError:
+            top._MustUse__silence = True     # never elaborated: not a user's mistake to warn about
+            raise
+        for w in warnings_:
             echo(f"warning: {w}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

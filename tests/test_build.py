@@ -74,3 +74,20 @@ def test_calibration_constants_are_the_recorded_fit():
     for family, fit in CALIBRATION.items():
         for kind, coeffs in fit.items():
             assert list(coeffs) == recorded["families"][family]["fit"][kind]["coefficients"], (family, kind)
+
+
+def test_cli_build_refuses_a_configuration_that_cannot_fit(tmp_path):
+    """`dfa-engine build` on the default (784-128-10, 16 lanes) for the UP5K: one error line
+    naming the resource, exit status 2, no synthesis, no warnings about unused objects."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    exe = Path(sys.executable).parent / "dfa-engine"
+    r = subprocess.run([str(exe), "build", "--board", "icebreaker", "-o", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: memory: needs 1,668,736 bits; the iCE40UP5K has 1,171,456 "
+        "(30 x 4,096 in SB_RAM40_4K + 4 x 262,144 in SPRAM)"]
+    assert not (tmp_path / "out" / "dfa_top.json").exists()
