@@ -102,6 +102,9 @@ def main(argv=None):
     results = {}
     if args.json and Path(args.json).exists():
         results = json.loads(Path(args.json).read_text()).get("cases", {})
+    # the engine being built: taken now, not when a (long) build ends
+    commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                           capture_output=True, text=True).stdout.strip()
     for name in args.only or list(CASES):
         key = name
         results[key] = run_case(name, args.out, args.timeout)
@@ -109,8 +112,6 @@ def main(argv=None):
             key = f"{name}_forced"
             results[key] = run_case(name, args.out, args.timeout, force=True)
         if args.json:
-            commit = args.commit or subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                                   capture_output=True, text=True).stdout.strip()
             results[key]["engine_commit"] = commit
             if key != name:
                 results[name]["engine_commit"] = commit
