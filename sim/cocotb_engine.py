@@ -2,9 +2,10 @@
 
 Started by :func:`dfa_engine.sim.verilator_run.run_training`. The harness streams the
 samples by itself (no Python per cycle); this module wakes once per result, checks the
-prediction and output error against the golden model as they appear (scoreboard, with
-the trace diff naming the first differing value), and at the end compares every weight,
-bias and counter read back through the host port.
+prediction and output error against the golden model's record of that sample as soon as
+the record exists (the harness stores the results and wakes it once per batch) (scoreboard, with the trace diff naming the first differing value; the
+golden model runs beside the simulator, :mod:`dfa_engine.sim.golden_feed`), and at the
+end compares every weight, bias and counter read back through the host port.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import numpy as np
 from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 
 from dfa_engine.hdl.engine import COUNTERS
-from dfa_engine.sim.golden import GoldenModel
+from dfa_engine.sim.golden_feed import GoldenFeed
 from dfa_engine.sim.harness import payload_widths
 from dfa_engine.sim.trace import first_difference
 
 
-def _decode_result(cfg, value: int):
-    w = payload_widths(cfg)
+def _decode_result(cfg, w: dict, value: int):
+    """(prediction, e, trained, rejected) of a result payload; ``w``: :func:`payload_widths`."""
     pred = value & ((1 << w["pred"]) - 1)
     off = w["pred"]
     e = []
@@ -55,10 +56,33 @@ async def train_and_compare(dut):
     data = np.load(run_dir / "io_data.npz")
     X, Y, train = data["X"], data["Y"], data["train"]
     n = len(X)
-    golden = GoldenModel(cfg)
-    rtl_trace, golden_trace = [], []
-    results = []
+    # The golden model runs beside the simulator (sim/golden_feed.py); this process only
+    # compares what it has written so far, so the simulator never waits for it.
+    feed = GoldenFeed(run_dir, cfg.n_classes) if check else None
+    pending = []     # (sample, prediction, e, trained, rejected) not yet compared
     mismatch = None
+
+    def compare(items):
+        """Check results against the golden records; returns the ones not yet available."""
+        nonlocal mismatch
+        have = feed.poll()
+        later = []
+        for item in items:
+            s, pred, e, trained, rejected = item
+            if s >= have:
+                later.append(item)
+                continue
+            want = feed.records[s]
+            if mismatch is None and (want[0] != pred or want[1] != trained or want[2] != rejected
+                                     or (want[3] and list(want[4:]) != e)):
+                rec = {"prediction": np.array([pred]), "trained": np.array([trained]),
+                       "rejected": np.array([rejected])}
+                exp = {"prediction": want[:1], "trained": want[1:2], "rejected": want[2:3]}
+                if want[3]:
+                    rec["e"], exp["e"] = np.array(e), want[4:]
+                mismatch = str(first_difference([exp], [rec])).replace("sample 0", f"sample {s}")
+                dut._log.error("scoreboard: %s (golden != rtl)", mismatch)
+        return later
 
     # The harness resets the engine and starts by itself: cocotb only reads signals, so
     # Verilator need not re-evaluate logic after every VPI write (the harness marks its
@@ -68,58 +92,40 @@ async def train_and_compare(dut):
     strobe = RisingEdge(dut.result_strobe)
     finished = RisingEdge(dut.done)
     progress_path = run_dir / "progress"
-    step = max(1, n // 200)
     results = [None] * n
-    expected = 0     # the next sample the golden model processes
-
-    def golden_step(s):
-        """The golden model's view of sample ``s``: (prediction, e or None, trained, rejected)."""
-        label_ok = 0 <= Y[s] < cfg.n_classes
-        if train[s] and label_ok:
-            return golden.train_step(X[s], int(Y[s])), golden.last_error.copy(), 1, 0
-        return golden.predict(X[s]), None, 0, int(not label_ok)
+    store = dut.store
+    widths = payload_widths(cfg)
+    taken = 0        # results read from the harness's store so far
 
     while True:
         fired = await First(strobe, finished)
+        await ReadOnly()
+        stored = int(dut.results_stored.value)
+        for i in range(taken, stored):
+            s = int(store.result_sample[i].value)
+            pred, e, trained, rejected = _decode_result(cfg, widths, int(store.results[i].value))
+            results[s] = {"prediction": pred, "trained": trained, "rejected": rejected,
+                          "cycle": int(store.result_cycle[i].value)}
+            # (a result a reset dropped has no entry: the engine still trained that sample,
+            # and the golden record for it is simply not compared)
+            if check:
+                pending.append((s, pred, e, trained, rejected))
+        if stored > taken:
+            progress_path.write_text(f"{stored}\n")
+        taken = stored
+        if check:
+            pending = compare(pending)
         if fired is finished:
             break
-        await ReadOnly()
-        s = int(dut.last_result_sample.value)
-        pred, e, trained, rejected = _decode_result(cfg, int(dut.last_result.value))
-        results[s] = {"prediction": pred, "trained": trained, "rejected": rejected,
-                      "cycle": int(dut.cycles.value)}
-        if (s + 1) % step == 0 or s + 1 == n:
-            progress_path.write_text(f"{s + 1}\n")
-        if not check:
-            continue
-        # samples whose result a reset dropped were still trained by the engine
-        while expected < s:
-            golden_step(expected)
-            expected += 1
-        want_pred, want_e, want_trained, want_rejected = golden_step(s)
-        expected = s + 1
-        rec = {"prediction": np.array([pred]), "trained": np.array([trained]), "rejected": np.array([rejected])}
-        want = {"prediction": np.array([want_pred]), "trained": np.array([want_trained]),
-                "rejected": np.array([want_rejected])}
-        if want_e is not None:
-            rec["e"] = np.array(e)
-            want["e"] = want_e
-        rtl_trace.append(rec)
-        golden_trace.append(want)
-        if mismatch is None:
-            diff = first_difference([want], [rec])
-            if diff is not None:
-                mismatch = str(diff).replace("sample 0", f"sample {s}")
-                dut._log.error("scoreboard: %s (golden != rtl)", mismatch)
-    if check:
-        while expected < n:
-            golden_step(expected)
-            expected += 1
     results = [r if r is not None else {"prediction": None, "trained": None, "rejected": None, "dropped": True}
                for r in results]
     await Timer(1, "ns")
     wall = time.perf_counter() - t0
     cycles = int(dut.cycles.value)
+    if check:
+        feed.wait_finished(timeout_s=600 + 0.1 * n)
+        pending = compare(pending)
+        assert not pending, f"no golden record for samples {[p[0] for p in pending][:5]}"
     summary = {"samples": n, "cycles": cycles, "wall_seconds": wall,
                "sim_cycles_per_second": cycles / wall if wall > 0 else None,
                "results": results, "mismatch": mismatch}
@@ -147,7 +153,7 @@ async def train_and_compare(dut):
     summary["counters"] = counters
     summary["host_errors"] = int(sum(errors))
     if check:
-        gp = golden.parameters()
+        gp = feed.parameters()
         summary["params_equal"] = all(np.array_equal(W, Wg) and np.array_equal(b, bg)
                                       for (W, b), (Wg, bg) in zip(params, gp))
         if not summary["params_equal"] and mismatch is None:
@@ -156,7 +162,8 @@ async def train_and_compare(dut):
             diff = first_difference([{k: v for d in want for k, v in d.items()}],
                                     [{k: v for d in got for k, v in d.items()}])
             summary["mismatch"] = f"final parameters: {str(diff).replace('sample 0, ', '')}"
-        summary["golden_saturation_events"] = int(sum(golden.stats.values()))
+        summary["golden_saturation_events"] = feed.saturation_events()
+        feed.close()
     np.savez(run_dir / "params.npz", **{f"W{l + 1}": W for l, (W, _) in enumerate(params)},
              **{f"b{l + 1}": b for l, (_, b) in enumerate(params)})
     (run_dir / "summary.json").write_text(json.dumps(summary))

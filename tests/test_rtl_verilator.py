@@ -65,6 +65,22 @@ def test_rtl_trains_bit_exact_on_digits(name):
     assert [r["trained"] for r in summary["results"]] == [1] * n
 
 
+def test_scoreboard_names_the_first_difference():
+    """The scoreboard can fail: against a golden model with another learning rate, the
+    first sample (same initial weights) agrees, the second does not (named by the trace diff), and
+    the final parameters differ."""
+    cfg = config_from_dict(CONFIGS["dfa-k1-P4"])
+    ds = load_dataset("digits")
+    n = 20
+    X = cfg.formats.input.from_float(ds.x_train[:n])
+    Y = ds.y_train[:n].copy()
+    other = cfg.with_(lr_shift=tuple(s + 1 for s in cfg.lr_shift))
+    summary = run_training(cfg, X, Y, idle=0.1, backpressure=0.2, tag="scoreboard", golden_cfg=other)
+    assert summary["mismatch"] is not None and summary["mismatch"].startswith("first difference: sample 1, tensor "), summary["mismatch"]
+    assert summary["params_equal"] is False
+    assert summary["test_failed"] is True
+
+
 def test_rtl_bad_labels_and_inference_mixed_in():
     cfg = config_from_dict(CONFIGS["dfa-k1-P4"])
     ds = load_dataset("digits")
