@@ -95,7 +95,14 @@ def _cmd_generate(args) -> int:
     from .gen.generate import generate
 
     cfg = load_config(args.config)
-    info = generate(cfg, args.output)
+    try:
+        info = generate(cfg, args.output)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        # a valid configuration the engine cannot build (yet), e.g. stochastic update rounding
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     c = info["cycles_per_sample"]
     print(f"wrote {args.output}/{info['top']}.v and {args.output}/engine.json: {cfg.network_name}, "
           f"P = {cfg.lanes} lanes, about {c['train_sample']:,} cycles per training sample "
