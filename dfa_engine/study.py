@@ -500,6 +500,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help="300 training / 300 test samples (a smoke test, not a measurement)")
     parser.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the bit-width sweep")
+    parser.add_argument("--cnn", action="store_true",
+                        help="run the CNN study instead (2-conv and 4-conv nets on mnist5k: BP, dense DFA, sparse "
+                             "dilated DFA, module DFA A/B, hybrid; docs/cnn.md)")
+    parser.add_argument("--plot", metavar="PATH", help="with --cnn: write the accuracy/cost plot (PNG) here")
     return parser
 
 
@@ -511,6 +515,14 @@ def run(args) -> int:
     if args.epochs < 1:
         print("error: --epochs must be at least 1", file=sys.stderr)
         return 2
+    if getattr(args, "cnn", False):
+        from . import study_cnn
+
+        if args.dataset != "mnist5k":
+            print("error: --cnn runs on mnist5k only", file=sys.stderr)
+            return 2
+        with threadpool_limits(1):
+            return study_cnn.run(args)
     torch.set_num_threads(1)
     with threadpool_limits(1):
         report = study(args.dataset, args.epochs, args.quick, getattr(args, "sweep", True))
