@@ -356,7 +356,9 @@ class Engine(wiring.Component):
         in_range = Signal()
         lay_ok = []
         for l in range(L):
-            row = Signal(range(G[l] * P + 1), name=f"req_row{l}")
+            # Wide enough for any group field value: a row index truncated to this layer's
+            # width would alias addresses outside the map onto real rows.
+            row = Signal(range((1 << len(req_g)) * P + P), name=f"req_row{l}")
             m.d.comb += row.eq(req_g * P + req_lane)
             ok_w = (req_kind == 0) & (req_col < n[l])
             ok_b = (req_kind == 1) & (req_col == 0)

@@ -487,12 +487,6 @@ def _memory_map(cfg):
     return out
 
 
-ALIAS_BUG = ("BUG (hdl/engine.py host port range check): on 5-4-3-3 with 3 lanes, layers 2 and 3 (3 rows, "
-             "one group) accept weight and bias addresses with group 1, lane 1 or 2 (rows 4 and 5, outside the "
-             "map) and alias them to rows 1 and 2 (reads return, writes overwrite W/b[row - 3]); row 3 is refused. "
-             "The row index group * P + lane looks truncated to the layer's row width before the comparison "
-             "with n_l. 36 of 2,048 accesses wrong.")
-
 SWEEP_CFGS = {
     "6-5-3-P2": LINK_CFG,
     "5-4-3-3-P3": config_from_dict({"network": {"layers": [5, 4, 3, 3], "methods": ["dfa", "dfa"]},
@@ -500,8 +494,7 @@ SWEEP_CFGS = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param("5-4-3-3-P3", marks=pytest.mark.xfail(strict=True, reason=ALIAS_BUG)),
-                                  "6-5-3-P2"])
+@pytest.mark.parametrize("name", ["5-4-3-3-P3", "6-5-3-P2"])
 def test_engine_refuses_every_address_outside_the_map(name):
     """A write and a read of every address of the host port's address space: inside the
     documented map (weights, biases; counters read-only) accepted, everything else refused
