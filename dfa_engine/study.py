@@ -503,7 +503,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--cnn", action="store_true",
                         help="run the CNN study instead (2-conv and 4-conv nets on mnist5k: BP, dense DFA, sparse "
                              "dilated DFA, module DFA A/B, hybrid; docs/cnn.md)")
-    parser.add_argument("--plot", metavar="PATH", help="with --cnn: write the accuracy/cost plot (PNG) here")
+    parser.add_argument("--rnn", action="store_true",
+                        help="run the RNN study instead (Elman RNN: BPTT, truncated BPTT, dense/sparse DFA through "
+                             "time, hybrids, time modules; docs/rnn.md)")
+    parser.add_argument("--task", choices=("mnist5k", "digits", "adding"), default="mnist5k",
+                        help="with --rnn: row-by-row mnist5k or digits, or the adding problem (default mnist5k)")
+    parser.add_argument("--plot", metavar="PATH", help="with --cnn/--rnn: write the accuracy/cost plot (PNG) here")
     return parser
 
 
@@ -515,6 +520,11 @@ def run(args) -> int:
     if args.epochs < 1:
         print("error: --epochs must be at least 1", file=sys.stderr)
         return 2
+    if getattr(args, "rnn", False):
+        from . import study_rnn
+
+        with threadpool_limits(1):
+            return study_rnn.run(args)
     if getattr(args, "cnn", False):
         from . import study_cnn
 
