@@ -241,7 +241,8 @@ class HostLink(wiring.Component):
         is_write = Signal()
         tx_raw = Signal(8)
         x_next = Signal(range(n0 + 1))
-        tx_i = Signal(range(resp_bytes + CRC_BYTES + 1))
+        tx_left = Signal(range(resp_bytes + 1))    # body bytes left after the current one
+        tx_phase = Signal(2)                        # 0 body, 1 CRC low byte, 2 CRC high byte
         tx_crc = Signal(16)
         tx_esc = Signal()                  # the ESCAPE went out; the escaped byte is next
 
@@ -254,6 +255,12 @@ class HostLink(wiring.Component):
         top = wdata[fmt.data_width - 1:]
         req_ok = ((addr[fmt.address_width:] == 0)
                   & (~is_write | (top == 0) | (top == (1 << len(top)) - 1)))
+
+        # The request's payload straight from the frame's registers, whatever the state
+        # (only valid depends on it): no path from the state through the engine's checks.
+        m.d.comb += [eng.host_req.payload.address.eq(addr),
+                     eng.host_req.payload.write.eq(is_write),
+                     eng.host_req.payload.data.eq(Mux(is_write, wdata, 0))]
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
@@ -296,10 +303,7 @@ class HostLink(wiring.Component):
                     m.d.sync += host_response(0, 1)
                     m.next = "SEND_OPEN"
                 with m.Else():
-                    m.d.comb += [eng.host_req.valid.eq(1),
-                                 eng.host_req.payload.address.eq(addr),
-                                 eng.host_req.payload.write.eq(is_write),
-                                 eng.host_req.payload.data.eq(Mux(is_write, wdata, 0))]
+                    m.d.comb += eng.host_req.valid.eq(1)
                     with m.If(eng.host_req.ready):
                         m.next = "RESPONSE"
 
@@ -317,16 +321,17 @@ class HostLink(wiring.Component):
             with m.State("SEND_OPEN"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(FLAG)]
                 with m.If(self.tx.ready):
-                    m.d.sync += [tx_i.eq(0), tx_crc.eq(CRC_INIT), tx_esc.eq(0)]
+                    m.d.sync += [tx_left.eq(resp_len - 1), tx_phase.eq(0), tx_crc.eq(CRC_INIT), tx_esc.eq(0)]
                     m.next = "SEND_BODY"
 
             with m.State("SEND_BODY"):
-                # header and payload from resp, then the CRC, low byte first; stuffed. resp
-                # shifts down a byte as each goes out (no byte-select multiplexer across the
-                # whole response: that was the UP5K's critical path)
+                # header and payload from resp (phase 0), then the CRC, low byte first (phases
+                # 1, 2); stuffed. resp shifts down a byte as each goes out (no byte-select
+                # multiplexer across the whole response), and the phase and the bytes left
+                # are registers (no comparison with the length on the way to the byte: both
+                # were the UP5K build's critical path)
                 raw = tx_raw
-                m.d.comb += raw.eq(Mux(tx_i < resp_len, resp[:8],
-                                       Mux(tx_i == resp_len, tx_crc[:8], tx_crc[8:])))
+                m.d.comb += raw.eq(Mux(tx_phase == 0, resp[:8], Mux(tx_phase == 1, tx_crc[:8], tx_crc[8:])))
                 stuff = (raw == FLAG) | (raw == ESCAPE)
                 m.d.comb += [self.tx.valid.eq(1),
                              self.tx.payload.eq(Mux(tx_esc, raw ^ ESCAPE_XOR, Mux(stuff, ESCAPE, raw)))]
@@ -334,11 +339,17 @@ class HostLink(wiring.Component):
                     with m.If(stuff & ~tx_esc):
                         m.d.sync += tx_esc.eq(1)
                     with m.Else():
-                        m.d.sync += [tx_esc.eq(0), tx_i.eq(tx_i + 1)]
-                        with m.If(tx_i < resp_len):
-                            m.d.sync += [tx_crc.eq(crc16_step(tx_crc, raw)), resp.eq(resp >> 8)]
-                        with m.If(tx_i == resp_len + CRC_BYTES - 1):
-                            m.next = "SEND_CLOSE"
+                        m.d.sync += tx_esc.eq(0)
+                        with m.Switch(tx_phase):
+                            with m.Case(0):
+                                m.d.sync += [tx_crc.eq(crc16_step(tx_crc, raw)), resp.eq(resp >> 8),
+                                             tx_left.eq(tx_left - 1)]
+                                with m.If(tx_left == 0):
+                                    m.d.sync += tx_phase.eq(1)
+                            with m.Case(1):
+                                m.d.sync += tx_phase.eq(2)
+                            with m.Default():
+                                m.next = "SEND_CLOSE"
 
             with m.State("SEND_CLOSE"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(FLAG)]

@@ -56,9 +56,9 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     fwd = sum(pass_cycles(words[l], one_pass) + fwd_drain + (lat if one_pass else 0) for l in range(L))
     fwd_infer = sum(words[l] + fwd_drain + (lat if one_pass else 0) for l in range(L))
     # output error: start, max (C), exp (C + 3: a 3-stage pipeline), divide (33), then per class a load, a
-    # shift-and-add multiply (one bit of E a cycle) and a store
+    # shift-and-add multiply (one bit of E a cycle), a rounding and a store
     ew = EXP_FRAC_BITS + 1
-    err = 1 + (C - 1) + 1 + C + 3 + 33 + C * (ew + 2) + 1 + 1
+    err = 1 + (C - 1) + 1 + C + 3 + 33 + C * (ew + 3) + 1 + 1
     delta_out = groups[-1]
     dfa = max([groups[l] + 2 for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
     # DELTA_BP_NEXT visits each hidden layer once (top down); a BP layer adds its

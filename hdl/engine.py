@@ -380,6 +380,10 @@ class Engine(wiring.Component):
         lat_w_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1))
         lat_b_addr = Signal.like(g)
         lat_data = Signal(max(wW, bW))
+        # The request's checks, latched by HOST and acted on by HOST_ISSUE: the port's
+        # decode and the data's range comparison end at a register, not at the memories.
+        lat_req_write = Signal()
+        lat_accept = Signal()
 
         # ---- defaults for memory ports ----------------------------------------------
         # Read addresses follow the issuing counters; write enables default off.
@@ -977,20 +981,26 @@ class Engine(wiring.Component):
                 m.d.sync += [lat_kind.eq(req_kind), lat_layer.eq(req_layer), lat_lane.eq(req_lane),
                              lat_counter.eq(a[:off - 2]), lat_write.eq(0), lat_data.eq(req_data),
                              lat_w_addr.eq(req_g * Array(n[l] for l in range(L))[req_layer] + req_col),
-                             lat_b_addr.eq(req_g)]
-                with m.If(~in_range | (self.host_req.payload.write & ((req_kind == 2) | ~value_ok))):
+                             lat_b_addr.eq(req_g), lat_req_write.eq(self.host_req.payload.write),
+                             lat_accept.eq(in_range & ~(self.host_req.payload.write & ((req_kind == 2) | ~value_ok)))]
+                m.next = "HOST_ISSUE"
+            with m.State("HOST_ISSUE"):
+                # acts on the checks HOST latched and drives the read addresses from the
+                # latched request (the port's decode, the data's range check and the memory
+                # address in one cycle were the UP5K build's critical path); the word appears
+                # next cycle (HOST_READ), where a write merges its lane into it and writes the
+                # whole word back
+                with m.If(~lat_accept):
                     m.d.sync += [bump("rejected_addresses"),
                                  self.host_resp.payload.error.eq(1), self.host_resp.payload.data.eq(0)]
                     m.next = "HOST_RESP"
                 with m.Else():
                     m.d.sync += [self.host_resp.payload.error.eq(0),
-                                 lat_write.eq(self.host_req.payload.write & (req_kind != 2))]
-                    # drive the read addresses; the word appears next cycle (HOST_READ), where a
-                    # write merges its lane into it and writes the whole word back
-                    with m.Switch(req_layer):
+                                 lat_write.eq(lat_req_write & (lat_kind != 2))]
+                    with m.Switch(lat_layer):
                         for l in range(L):
                             with m.Case(l):
-                                m.d.comb += [W_rd[l].addr.eq(req_g * n[l] + req_col), b_rd[l].addr.eq(req_g)]
+                                m.d.comb += [W_rd[l].addr.eq(lat_w_addr), b_rd[l].addr.eq(lat_b_addr)]
                     m.next = "HOST_READ"
             with m.State("HOST_READ"):
                 value = Signal(signed(self._data_width))

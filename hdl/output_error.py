@@ -3,7 +3,7 @@
 Sequential and small: one class per cycle for the maximum, one per cycle for the exp-table
 look-up and the sum, a 1-bit-per-cycle restoring divider for ``R = floor(2^31 / S)``, and
 for each class a shift-and-add multiplication ``E R`` (one bit of ``E`` a cycle) for
-``p = round(E R)``. About ``(E_bits + 4) C + 38`` cycles per sample, next to the thousands
+``p = round(E R)``. About ``(E_bits + 5) C + 38`` cycles per sample, next to the thousands
 of the MAC passes, and no multiplier: on the iCE40 UP5K the 8 DSPs all go to the lanes.
 The unit owns the logits (written by the engine, ``P`` a cycle, as the MAC array produces
 them) and the output error registers (read by the engine until the next start), so neither
@@ -34,7 +34,9 @@ class OutputError(wiring.Component):
     Members
     -------
     y_wr : In(StructLayout{en, group, value: ArrayLayout(activation, lanes)})
-        When ``en``: ``y[group * lanes + p] = value[p]`` for every ``p`` below ``C``.
+        When ``en``: ``y[group * lanes + p] = value[p]`` for every ``p`` below ``C``. Not
+        between a transfer on ``i`` and the next on ``o``: the logit registers hold the
+        exp values meanwhile (the engine waits for ``o`` before its next forward pass).
     i : In(stream.Signature(StructLayout{label}))
         Starts the computation on the logits written so far.
     o : Out(stream.Signature(StructLayout{prediction, saturated}))
@@ -75,10 +77,18 @@ class OutputError(wiring.Component):
         # the UP5K)
         rd = table.read_port()
 
-        y = Array(Signal(act.amaranth_shape(), name=f"y{c}") for c in range(C))
-        E = Array(Signal(EXP_FRAC_BITS + 1, name=f"E{c}") for c in range(C))
-        label = Signal(self._idx_w)
+        # One register per class holds its logit until the EXP pass has read it, then its
+        # exp value E_c (the EXP pass writes E two classes behind the one it reads, and no
+        # logit is needed after that): the logits and the exp values share C registers.
+        ew = EXP_FRAC_BITS + 1
         idx = Signal(range(C + 1))
+        v = Array(Signal(max(act.width, ew), name=f"yE{c}") for c in range(C))
+        v_sel = Signal(len(v[0]))
+        y_sel = Signal(act.amaranth_shape())        # the logit of class idx
+        E_sel = Signal(ew)                          # the exp value of class idx
+        m.d.comb += [v_sel.eq(v[idx]), y_sel.eq(v_sel[:act.width]), E_sel.eq(v_sel[:ew])]
+        y0 = v[0][:act.width].as_signed()
+        label = Signal(self._idx_w)
         ymax = Signal(act.amaranth_shape())
         pred = Signal(self._idx_w)
         S = Signal(EXP_FRAC_BITS + 1 + C.bit_length())
@@ -95,10 +105,10 @@ class OutputError(wiring.Component):
                 with m.If(self.y_wr.group == gg):
                     for p in range(P):
                         if gg * P + p < C:
-                            m.d.sync += y[gg * P + p].eq(self.y_wr.value[p])
+                            m.d.sync += v[gg * P + p].eq(self.y_wr.value[p])
 
         d = Signal(act.width + 1)
-        m.d.comb += d.eq(ymax - y[idx])
+        m.d.comb += d.eq(ymax - y_sel)
         k = Signal(len(d))
         m.d.comb += k.eq(d >> (act.frac_bits - cfg.softmax_table_frac_bits))
         # EXP pipeline: stage 1 registers the table index of class idx; stage 2 reads the
@@ -112,15 +122,21 @@ class OutputError(wiring.Component):
 
         # E R by shift and add, one bit of E a cycle (the accumulator's high part gets R or
         # 0, then the whole shifts right): after len(E) steps acc = E R exactly.
-        ew, qw = EXP_FRAC_BITS + 1, RECIP_BITS + 1
+        qw = RECIP_BITS + 1
         acc = Signal(ew + qw)
         mul_e = Signal(ew)
         step = Signal(range(ew + 1))
         added = Signal(qw + 1)
         m.d.comb += added.eq(acc[ew:] + Mux(mul_e[0], quo, 0))
         shift = RECIP_BITS - fe
-        p = Signal(signed(ew + qw + 2))
-        m.d.comb += p.eq(((acc + (1 << (shift - 1))) >> shift) - (idx == label) * (1 << fe))
+        # E <= S, so E R <= 2^31: the product fits 32 bits, and rounding it is a 32-bit add
+        # (ROUND, registered), the label's one and the saturation the next cycle (STORE):
+        # one 50-bit chain of both was the UP5K build's critical path.
+        assert RECIP_BITS == 31
+        rounded = Signal(32 - shift + 1)
+        hit = Signal()                              # idx is the label's class
+        p = Signal(signed(len(rounded) + 2))
+        m.d.comb += p.eq(rounded - hit * (1 << fe))
         e_sat = Signal(f.error.amaranth_shape())
         is_sat = Signal()
         with m.If(p > f.error.max_raw):
@@ -134,22 +150,22 @@ class OutputError(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [label.eq(self.i.payload.label), idx.eq(1), ymax.eq(y[0]), pred.eq(0)]
+                    m.d.sync += [label.eq(self.i.payload.label), idx.eq(1), ymax.eq(y0), pred.eq(0)]
                     m.next = "MAX"
             with m.State("MAX"):
                 with m.If(idx == C):
                     m.d.sync += [idx.eq(0), S.eq(0)]
                     m.next = "EXP"
                 with m.Else():
-                    with m.If(y[idx] > ymax):
-                        m.d.sync += [ymax.eq(y[idx]), pred.eq(idx)]
+                    with m.If(y_sel > ymax):
+                        m.d.sync += [ymax.eq(y_sel), pred.eq(idx)]
                     m.d.sync += idx.eq(idx + 1)
             with m.State("EXP"):
                 m.d.sync += [v1.eq(idx != C), v2.eq(v1), in2.eq(in1), idx2.eq(idx1)]
                 with m.If(idx != C):
                     m.d.sync += [k_q.eq(k[:len(k_q)]), in1.eq(k < N), idx1.eq(idx), idx.eq(idx + 1)]
                 with m.If(v2):
-                    m.d.sync += [E[idx2].eq(e_now), S.eq(S + e_now)]
+                    m.d.sync += [v[idx2].eq(e_now), S.eq(S + e_now)]
                 with m.If((idx == C) & ~v1 & ~v2):
                     m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1)]
                     m.next = "DIV"
@@ -172,12 +188,15 @@ class OutputError(wiring.Component):
                                  self.o.payload.saturated.eq(sat_count)]
                     m.next = "OUT"
                 with m.Else():
-                    m.d.sync += [acc.eq(0), mul_e.eq(E[idx]), step.eq(0)]
+                    m.d.sync += [acc.eq(0), mul_e.eq(E_sel), step.eq(0), hit.eq(idx == label)]
                     m.next = "MUL"
             with m.State("MUL"):
                 m.d.sync += [acc.eq(Cat(acc[1:ew], added)), mul_e.eq(mul_e >> 1), step.eq(step + 1)]
                 with m.If(step == ew - 1):
-                    m.next = "STORE"
+                    m.next = "ROUND"
+            with m.State("ROUND"):
+                m.d.sync += rounded.eq((acc[:32] + (1 << (shift - 1))) >> shift)
+                m.next = "STORE"
             with m.State("STORE"):
                 m.d.sync += [self.e[idx].eq(e_sat), sat_count.eq(sat_count + is_sat), idx.eq(idx + 1)]
                 m.next = "PROB"
