@@ -16,11 +16,12 @@ UP5K = "examples/mnist_up5k.toml"
 def test_spram_plan_puts_the_first_layer_of_the_up5k_example_in_four_blocks():
     cfg = load_config(UP5K)
     assert cfg.memory == "spram"
-    assert weight_memory_geometry(cfg)[0] == (2 * 16, 32 * 784)
+    assert weight_memory_geometry(cfg)[0] == (14, 64 * 784)     # one lane of s1.12
     assert spram_plan(cfg) == (0,)
-    assert spram_tiles(32, 32 * 784) == 4          # 2 blocks wide x 2 deep
+    assert spram_tiles(14, 64 * 784) == 4          # 1 block wide x 4 deep
+    assert spram_tiles(32, 32 * 784) == 4          # 2 lanes of 16 bits: 2 blocks wide x 2 deep
     assert spram_plan(cfg.with_(memory="auto")) == ()
-    # P = 8 lanes of 16 bits: 8 blocks wide, more than the device has: nothing goes to SPRAM
+    # P = 8 lanes of 14 bits: 7 blocks wide, 28 blocks, more than the device has: nothing goes to SPRAM
     assert spram_plan(cfg.with_(lanes=8)) == ()
 
 
