@@ -509,6 +509,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--task", choices=("mnist5k", "digits", "adding"), default="mnist5k",
                         help="with --rnn: row-by-row mnist5k or digits, or the adding problem (default mnist5k)")
     parser.add_argument("--plot", metavar="PATH", help="with --cnn/--rnn: write the accuracy/cost plot (PNG) here")
+    parser.add_argument("--fixed", action="store_true",
+                        help="with --cnn: the fixed-point golden model of the best DFA variant next to its float twin "
+                             "(dfa_engine/study_cnn_fixed.py, docs/cnn.md)")
+    parser.add_argument("--networks", metavar="LIST", help="with --cnn --fixed: comma-separated, default 2conv,4conv")
     return parser
 
 
@@ -532,6 +536,10 @@ def run(args) -> int:
             print("error: --cnn runs on mnist5k only", file=sys.stderr)
             return 2
         with threadpool_limits(1):
+            if getattr(args, "fixed", False):
+                from . import study_cnn_fixed
+
+                return study_cnn_fixed.run(args)
             return study_cnn.run(args)
     torch.set_num_threads(1)
     with threadpool_limits(1):
