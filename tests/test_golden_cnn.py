@@ -412,3 +412,11 @@ def test_example_file_is_the_study_config():
 
     path = Path(__file__).parent.parent / "examples" / "cnn_2conv_hybrid.toml"
     assert load_cnn_config(path) == engine_config("2conv")
+
+
+def test_study_quick():
+    from dfa_engine.study_cnn_fixed import study
+
+    r = study(("2conv",), epochs=1, quick=True, format_sets=("wide_weights",), quiet=True)["results"][0]
+    assert r["methods"] == ["dfa", "bp"] and r["lr_shift"] == [16, 6, 6]
+    assert abs(r["fixed_test_accuracy"] - r["float_twin_test_accuracy"]) < 0.02
