@@ -135,6 +135,11 @@ class HostLink(wiring.Component):
         vbyte = Signal(range(max(ib, 2)))  # byte within the input value being received
         vidx = Signal(range(n0 + 1))       # index of that value
         vacc = Signal(8 * ib)
+        # Comparisons of count with constants, kept in registers beside it (set where count
+        # is): a byte's field is chosen without a subtraction or a comparison chain after
+        # the byte arrives (that path was the UP5K build's critical one).
+        crc_on = Signal()                  # count >= 2: the CRC runs two bytes behind
+        in_x = Signal()                    # count >= HEADER_BYTES + the sample values' offset
 
         m.submodules.x_buf = x_buf = memory.Memory(shape=unsigned(fmt.input_format.width), depth=n0, init=[])
         x_wr = x_buf.write_port()
@@ -149,7 +154,8 @@ class HostLink(wiring.Component):
 
         n = count
         crc_ok = crc == last2
-        len_ok = n == flen + (HEADER_BYTES + CRC_BYTES)
+        frame_end = Signal(17)             # flen + header + CRC, summed when flen arrives
+        len_ok = n == frame_end
         type_ok = Const(0)
         for t in TO_BOARD:
             type_ok = type_ok | ((ftype == t) & (flen == fmt.payload_length(t)))
@@ -170,7 +176,8 @@ class HostLink(wiring.Component):
                         m.d.sync += cnt.frames_ok.eq(cnt.frames_ok + 1)
                         m.d.comb += start.eq(1)
                 # ... and open the next.
-                m.d.sync += [hunting.eq(0), escape.eq(0), poisoned.eq(0), count.eq(0), crc.eq(CRC_INIT),
+                m.d.sync += [hunting.eq(0), escape.eq(0), poisoned.eq(0), count.eq(0), crc_on.eq(0), in_x.eq(0),
+                             crc.eq(CRC_INIT),
                              vbyte.eq(0), vidx.eq(0)]
             with m.Elif(hunting):
                 m.d.sync += cnt.bytes_dropped.eq(cnt.bytes_dropped + 1)
@@ -185,8 +192,9 @@ class HostLink(wiring.Component):
                 # Overlong: no valid frame is this long. Drop the rest up to the next FLAG.
                 m.d.sync += [cnt.bad_frame.eq(cnt.bad_frame + 1), hunting.eq(1)]
             with m.Else():
-                m.d.sync += [count.eq(count + 1), last2.eq(Cat(last2[8:], d))]
-                with m.If(count >= 2):
+                m.d.sync += [count.eq(count + 1), last2.eq(Cat(last2[8:], d)),
+                             crc_on.eq(count != 0), in_x.eq(count >= HEADER_BYTES + x_field.offset - 1)]
+                with m.If(crc_on):
                     m.d.sync += crc.eq(crc16_step(crc, last2[:8]))
                 with m.Switch(count):
                     with m.Case(0):
@@ -194,13 +202,11 @@ class HostLink(wiring.Component):
                     with m.Case(1):
                         m.d.sync += flen[:8].eq(d)
                     with m.Case(2):
-                        m.d.sync += flen[8:].eq(d)
+                        m.d.sync += [flen[8:].eq(d), frame_end.eq(Cat(flen[:8], d) + (HEADER_BYTES + CRC_BYTES))]
                 # Payload bytes go to their field as they arrive, whatever the frame turns
                 # out to be (a bad frame's leftovers are never read, see the module docstring).
                 # The CRC bytes land here too, past the end of the payload.
-                pos = Signal(range(max_frame + 1))     # payload byte index
-                m.d.comb += pos.eq(count - HEADER_BYTES)
-                with m.If((ftype == SAMPLE) & (count >= HEADER_BYTES + x_field.offset)):
+                with m.If((ftype == SAMPLE) & in_x):
                     with m.If(vbyte == ib - 1):
                         with m.If(vidx < n0):
                             m.d.comb += [x_wr.en.eq(1), x_wr.addr.eq(vidx),
@@ -209,8 +215,11 @@ class HostLink(wiring.Component):
                         m.d.sync += vbyte.eq(0)
                     with m.Else():
                         m.d.sync += [vacc.word_select(vbyte, 8).eq(d), vbyte.eq(vbyte + 1)]
-                with m.Elif((count >= HEADER_BYTES) & (pos < scal_bytes)):
-                    m.d.sync += scal.word_select(pos, 8).eq(d)
+                with m.Else():
+                    with m.Switch(count):
+                        for k in range(scal_bytes):
+                            with m.Case(HEADER_BYTES + k):
+                                m.d.sync += scal[8 * k:8 * (k + 1)].eq(d)
 
         def scal_field(ftype_, name):
             fld = fmt.field(ftype_, name)

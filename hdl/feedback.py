@@ -68,8 +68,13 @@ class SparseProjection(wiring.Component):
         cfg, f = self._cfg, self._cfg.formats
         k, fb = cfg.feedback.k, cfg.feedback
         ffb = f.feedback.frac_bits
-        g_frac = f.error.frac_bits + ffb
-        g_width = f.error.width + f.feedback.width + k.bit_length() + 1
+        # +-1 values: the sum of +-e is exact at the error's fraction bits, and requantizing
+        # it from there is the same value as from fe + ffb bits (the ffb extra bits are
+        # zero), without a rounding adder when the delta keeps the error's fraction
+        # (stochastic rounding draws its bits by the dropped width, so it keeps the wide sum)
+        narrow = fb.values == "pm1" and cfg.rounding_backward != "stochastic"
+        g_frac = f.error.frac_bits + (0 if narrow else ffb)
+        g_width = f.error.width + (0 if narrow else f.feedback.width) + k.bit_length() + 1
         e = Array(self.i.payload.e[c] for c in range(cfg.n_classes))
         m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
         with m.If(self.o.valid & self.o.ready):
@@ -83,7 +88,7 @@ class SparseProjection(wiring.Component):
                 m.d.comb += sel.eq(e[ent.index])
                 mag = Signal(signed(g_width), name=f"term{p}_{j}")
                 if fb.values == "pm1":
-                    m.d.comb += mag.eq(sel << ffb)
+                    m.d.comb += mag.eq(sel if narrow else sel << ffb)
                 elif fb.values == "pow2":
                     m.d.comb += mag.eq((sel << ffb) >> ent.shift)
                 else:
