@@ -36,14 +36,14 @@ CASES = {
 KEEP = ("board", "device", "network", "lanes", "status", "failed_step", "error", "dsp_inference",
         "requested_mhz", "target_mhz", "fmax_mhz", "timing_met", "critical_path", "utilization",
         "cycles_per_sample", "samples_per_second", "throughput_clock_mhz", "macs_per_sample", "mac_per_second",
-        "peak_mac_per_second", "mac_ratio_to_peak", "times_s")
+        "peak_mac_per_second", "mac_ratio_to_peak", "pnr_seed", "times_s")
 
 
 def _config(source):
     return config_from_dict(source) if isinstance(source, dict) else load_config(ROOT / source)
 
 
-def run_case(name, out_root, timeout, force=False):
+def run_case(name, out_root, timeout, force=False, seed=None):
     source, board, freq = CASES[name]
     cfg = _config(source)
     entry = {"config": source if isinstance(source, str) else cfg.to_dict(), "board": board,
@@ -62,7 +62,7 @@ def run_case(name, out_root, timeout, force=False):
             entry.update(status="does_not_fit", error=str(exc), resource=exc.resource,
                          times_s={"total": round(time.perf_counter() - t0, 1)})
             return entry
-    rep = build(cfg, board, Path(out_root) / name, freq_mhz=freq, timeout=timeout, check=False,
+    rep = build(cfg, board, Path(out_root) / name, freq_mhz=freq, timeout=timeout, check=False, seed=seed,
                 echo=lambda s: print(s, flush=True))
     entry.update({k: rep[k] for k in KEEP})
     return entry
@@ -97,6 +97,7 @@ def main(argv=None):
     ap.add_argument("--timeout", type=float, default=3600, help="limit per tool run, seconds (default 3600)")
     ap.add_argument("--force", action="store_true",
                     help="build even a case the fit check rejects (stored as CASE_forced), to see what the tools say")
+    ap.add_argument("--seed", type=int, help="nextpnr placement seed for every case run (default: nextpnr's own)")
     ap.add_argument("--commit", help="the engine's commit, to record (default: git rev-parse HEAD)")
     args = ap.parse_args(argv)
     results = {}
@@ -107,10 +108,10 @@ def main(argv=None):
                                            capture_output=True, text=True).stdout.strip()
     for name in args.only or list(CASES):
         key = name
-        results[key] = run_case(name, args.out, args.timeout)
+        results[key] = run_case(name, args.out, args.timeout, seed=args.seed)
         if args.force and results[key]["status"] == "does_not_fit":
             key = f"{name}_forced"
-            results[key] = run_case(name, args.out, args.timeout, force=True)
+            results[key] = run_case(name, args.out, args.timeout, force=True, seed=args.seed)
         if args.json:
             results[key]["engine_commit"] = commit
             if key != name:

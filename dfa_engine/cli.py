@@ -169,7 +169,7 @@ def _cmd_build(args) -> int:
     cfg = load_config(args.config)
     try:
         report = build(cfg, args.board, args.output, freq_mhz=args.freq, baud=args.baud,
-                       check=not args.no_fit_check)
+                       check=not args.no_fit_check, seed=args.seed)
     except (FitError, ValueError) as exc:     # does not fit; a clock or baud rate out of reach
         if isinstance(exc, ConfigError):
             raise
@@ -248,6 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--baud", type=int, default=115200, help="UART baud rate (default 115200)")
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--no-fit-check", action="store_true", help="run the tools even where the estimate says it cannot fit")
+    p.add_argument("--seed", type=int, help="nextpnr placement seed (default: nextpnr's own)")
     p.set_defaults(func=_cmd_build)
 
     p = sub.add_parser("check", help="validate a configuration and print it with derived widths",

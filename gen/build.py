@@ -578,8 +578,11 @@ def _run_step(cmd: str, cwd: Path, env: dict, log, timeout):
 
 def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = None, baud: int = 115200,
           init_parameters: bool = True, check: bool = True, stop_after: str | None = None,
-          timeout: float | None = None, echo=print) -> dict:
+          timeout: float | None = None, seed: int | None = None, echo=print) -> dict:
     """Estimate, check the fit, build the bitstream, write ``out_dir/report.json``.
+
+    ``seed``: nextpnr's placement seed (``None``: nextpnr's default); fmax moves by a few
+    per cent from seed to seed on a full device, so a sweep is how a marginal build closes.
 
     ``stop_after``: ``"synthesis"`` or ``"pack"`` (nextpnr ``--pack-only``: utilisation
     without placement) for calibration runs. Raises :class:`FitError` before synthesis
@@ -588,6 +591,8 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     error line (``status``: ``"ok"``, ``"timing_failed"`` or ``"failed"``).
     """
     t_start = time.perf_counter()
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 31):
+        raise ValueError(f"Placement seed must be an integer from 0 to {2 ** 31 - 1}, not {seed!r}")
     if board not in BOARDS:
         raise ValueError(f"Board must be one of {', '.join(BOARDS)}, not {board!r}")
     b = BOARDS[board]
@@ -617,6 +622,8 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     elif no_dsp:
         overrides["synth_opts"] = "-nodsp"
     pnr_opts = "--report nextpnr_report.json --timing-allow-fail"
+    if seed is not None:
+        pnr_opts += f" --seed {seed}"
     if stop_after == "pack":
         pnr_opts += " --pack-only"
     overrides["nextpnr_opts"] = pnr_opts
@@ -705,6 +712,7 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
         "estimate": est,
         "pll": None if top.pll is None else {k: v for k, v in vars(top.pll).items()},
         "uart": {"baud": baud, "divisor": top.divisor},
+        "pnr_seed": seed,
         "times_s": {k: round(v, 1) for k, v in times.items()},
         "bitstream": bitstream if (out / bitstream).exists() and status != "failed" else None,
         "config": cfg.to_dict(),

@@ -43,3 +43,12 @@ def test_train_with_non_utf8_config(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_bytes(b'[network]\nactivation = "\xff"\n')
     _check_one_line_error(_train(path), "(file)")
+
+
+def test_build_with_a_negative_placement_seed(tmp_path):
+    """The seed is refused before anything is elaborated or written."""
+    r = subprocess.run([sys.executable, "-m", "dfa_engine.cli", "build", "--board", "icebreaker", "--seed=-1",
+                        "-o", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert r.stderr.strip() == "error: Placement seed must be an integer from 0 to 2147483647, not -1"
+    assert not (tmp_path / "out").exists()
