@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import (_DEFAULT_FORMATS, ACTIVATIONS, FORMAT_NAMES, METHODS, ConfigError, Formats, _choice, _int,
-                     _is_int)
+                     _is_int, validate_formats)
 from .fixed import FixedFormat
 
 __all__ = ["CNNLayer", "DilatedFeedbackConfig", "CNNEngineConfig", "cnn_config_from_dict", "load_cnn_config",
@@ -367,14 +367,7 @@ def cnn_config_from_dict(data: dict) -> CNNEngineConfig:
 def validate_cnn(cfg: CNNEngineConfig) -> None:
     """Cross-field rules (formats against the network, exactness bounds, feedback groups)."""
     f = cfg.formats
-    if f.update.frac_bits != f.weight.frac_bits:
-        raise ConfigError("formats.update", str(f.update),
-                          f"must have the weight's {f.weight.frac_bits} fraction bits (weight is {f.weight})")
-    for name in ("weight", "bias", "activation", "error", "feedback", "delta", "update"):
-        if not getattr(f, name).signed:
-            raise ConfigError(f"formats.{name}", str(getattr(f, name)), "must be signed (s<int>.<frac>)")
-    if f.learning_rate.signed:
-        raise ConfigError("formats.learning_rate", str(f.learning_rate), "must be unsigned (u<int>.<frac>)")
+    validate_formats(f)
     shapes = cfg.shapes
     lr_bits = f.learning_rate.width if cfg.lr_multiplier is not None else 1
     for l, i in enumerate(cfg.param_layers):

@@ -19,7 +19,7 @@ from pathlib import Path
 from .fixed import ROUNDING_MODES, FixedFormat
 
 __all__ = ["ConfigError", "EngineConfig", "Formats", "FeedbackConfig", "load_config",
-           "default_config", "config_from_dict", "ACTIVATIONS", "METHODS"]
+           "default_config", "config_from_dict", "validate_formats", "ACTIVATIONS", "METHODS"]
 
 ACTIVATIONS = ("relu", "hardtanh")
 METHODS = ("dfa", "bp")
@@ -303,9 +303,9 @@ def config_from_dict(data: dict) -> EngineConfig:
     return cfg
 
 
-def validate(cfg: EngineConfig) -> None:
-    """Cross-field rules: the ones no single field can check by itself."""
-    f = cfg.formats
+def validate_formats(f: Formats) -> None:
+    """The format rules every engine (MLP, CNN) shares: the update keeps the weight's
+    fraction bits, every datapath format is signed, the learning rate unsigned."""
     if f.update.frac_bits != f.weight.frac_bits:
         raise ConfigError("formats.update", str(f.update),
                           f"must have the weight's {f.weight.frac_bits} fraction bits (weight is {f.weight})")
@@ -314,6 +314,12 @@ def validate(cfg: EngineConfig) -> None:
             raise ConfigError(f"formats.{name}", str(getattr(f, name)), "must be signed (s<int>.<frac>)")
     if f.learning_rate.signed:
         raise ConfigError("formats.learning_rate", str(f.learning_rate), "must be unsigned (u<int>.<frac>)")
+
+
+def validate(cfg: EngineConfig) -> None:
+    """Cross-field rules: the ones no single field can check by itself."""
+    f = cfg.formats
+    validate_formats(f)
     for layer in range(cfg.n_layers):
         acc_frac = cfg.accumulator_frac(layer)
         if f.bias.frac_bits > acc_frac:
