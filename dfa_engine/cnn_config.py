@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .config import (_DEFAULT_FORMATS, ACTIVATIONS, FORMAT_NAMES, METHODS, ConfigError, Formats, _choice, _int,
-                     _is_int, validate_formats)
+                     _check_schema, _is_int, validate_formats)
 from .fixed import FixedFormat
 
 __all__ = ["CNNLayer", "DilatedFeedbackConfig", "CNNEngineConfig", "cnn_config_from_dict", "load_cnn_config",
@@ -257,18 +257,7 @@ def _layer(i: int, entry, shp: tuple, default_method: str, is_last: bool) -> CNN
 
 def cnn_config_from_dict(data: dict) -> CNNEngineConfig:
     """Build and validate a CNN configuration from parsed TOML (missing fields take defaults)."""
-    if not isinstance(data, dict):
-        raise ConfigError("(file)", type(data).__name__, "must be a table")
-    for section, value in data.items():
-        if section not in _SCHEMA:
-            raise ConfigError(section, value if not isinstance(value, dict) else "[table]",
-                              f"is not a known section; known: {', '.join(_SCHEMA)}")
-        if not isinstance(value, dict):
-            raise ConfigError(section, value, "must be a table ([" + section + "])")
-        for key in value:
-            if key not in _SCHEMA[section]:
-                raise ConfigError(f"{section}.{key}", value[key],
-                                  f"is not a known field; known: {', '.join(sorted(_SCHEMA[section]))}")
+    _check_schema(data, _SCHEMA)
     net, fmt, rnd = data.get("network", {}), data.get("formats", {}), data.get("rounding", {})
     trn, fbk, smx = data.get("training", {}), data.get("feedback", {}), data.get("softmax", {})
 

@@ -189,20 +189,26 @@ def _choice(section, key, value, choices):
     return value
 
 
-def config_from_dict(data: dict) -> EngineConfig:
-    """Build and validate a configuration from parsed TOML (missing fields take defaults)."""
+def _check_schema(data, schema: dict) -> None:
+    """The file is a table of known sections, each a table of known fields (a typo is an
+    error that names it, never a silently ignored setting)."""
     if not isinstance(data, dict):
         raise ConfigError("(file)", type(data).__name__, "must be a table")
     for section, value in data.items():
-        if section not in _SCHEMA:
+        if section not in schema:
             raise ConfigError(section, value if not isinstance(value, dict) else "[table]",
-                              f"is not a known section; known: {', '.join(_SCHEMA)}")
+                              f"is not a known section; known: {', '.join(schema)}")
         if not isinstance(value, dict):
             raise ConfigError(section, value, "must be a table ([" + section + "])")
         for key in value:
-            if key not in _SCHEMA[section]:
+            if key not in schema[section]:
                 raise ConfigError(f"{section}.{key}", value[key],
-                                  f"is not a known field; known: {', '.join(sorted(_SCHEMA[section]))}")
+                                  f"is not a known field; known: {', '.join(sorted(schema[section]))}")
+
+
+def config_from_dict(data: dict) -> EngineConfig:
+    """Build and validate a configuration from parsed TOML (missing fields take defaults)."""
+    _check_schema(data, _SCHEMA)
     net = data.get("network", {})
     fmt = data.get("formats", {})
     rnd = data.get("rounding", {})
