@@ -511,8 +511,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="PATH", help="with --cnn/--rnn: write the accuracy/cost plot (PNG) here")
     parser.add_argument("--fixed", action="store_true",
                         help="with --cnn: the fixed-point golden model of the best DFA variant next to its float twin "
-                             "(dfa_engine/study_cnn_fixed.py, docs/cnn.md)")
-    parser.add_argument("--networks", metavar="LIST", help="with --cnn --fixed: comma-separated, default 2conv,4conv")
+                             "(dfa_engine/study_cnn_fixed.py, docs/cnn.md); with --rnn (--task mnist5k or digits): the "
+                             "fixed-point RNN golden model next to its float twin (dfa_engine/study_rnn_fixed.py, docs/rnn.md)")
+    parser.add_argument("--networks", metavar="LIST", help="with --cnn --fixed: comma-separated, default 2conv,4conv; "
+                        "with --rnn --fixed: feedback kinds, default dense,sparse")
+    parser.add_argument("--seeds", metavar="LIST", help="with --rnn --fixed: comma-separated initial-weight seeds, "
+                        "default 0")
+    parser.add_argument("--formats", metavar="LIST", help="with --rnn --fixed: format sets, default wide_weights "
+                        "(also: mlp_defaults)")
     return parser
 
 
@@ -528,6 +534,10 @@ def run(args) -> int:
         from . import study_rnn
 
         with threadpool_limits(1):
+            if getattr(args, "fixed", False):
+                from . import study_rnn_fixed
+
+                return study_rnn_fixed.run(args)
             return study_rnn.run(args)
     if getattr(args, "cnn", False):
         from . import study_cnn
