@@ -36,7 +36,7 @@ SETTINGS = {
     ("digits", "dense"): ("dfa_last", "dense", 1, 6, 3),
     ("digits", "sparse"): ("dfa_sparse_w4", "sparse", 4, 6, 3),
 }
-#: Formats: the MLP defaults with wide weights (the recurrent layer's rate is 2^-10 .. 2^-13 per
+#: Formats: the MLP defaults with wide weights (the recurrent layer's rate is 2^-9 .. 2^-13 per
 #: sequence, as the CNN's DFA layers needed s1.22); dense feedback in s0.7 (the float RNN study's
 #: dense format, entries uniform in [-1, 1)), sparse +-1 in the MLP's s1.6.
 FORMATS = {"input": "u0.8", "weight": "s1.22", "bias": "s3.22", "activation": "s5.10", "error": "s1.14",
