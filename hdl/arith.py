@@ -13,7 +13,25 @@ from amaranth.lib.wiring import In, Out
 from dfa_engine.fixed import FixedFormat
 from dfa_engine.lfsr import MASK32, TAPS, draw
 
-__all__ = ["Requantize", "LFSRDraw", "leap_matrix"]
+__all__ = ["Requantize", "LFSRDraw", "leap_matrix", "times_const"]
+
+
+def times_const(x, c: int):
+    """``x * c`` for a constant ``c >= 0`` as a sum of shifted copies of ``x`` (one per set
+    bit of ``c``): the same value as ``x * c``, but logic, not a multiplier. Yosys maps a
+    product by a constant that is not a power of two onto an iCE40 SB_MAC16, and nextpnr
+    does not time a DSP used without its registers against the clock (it puts it in a
+    pseudo clock domain, ``$PACKER_GND_NET``): an address computed that way is an untimed
+    path. Address arithmetic therefore uses this."""
+    if not isinstance(c, int) or c < 0:
+        raise ValueError(f"times_const: the constant must be an integer >= 0, not {c!r}")
+    terms = [x << b for b in range(c.bit_length()) if (c >> b) & 1]
+    if not terms:
+        return Const(0, 1)
+    total = terms[0]
+    for t in terms[1:]:
+        total = total + t
+    return total
 
 
 class Requantize(wiring.Component):

@@ -35,7 +35,7 @@ from dfa_engine.config import EngineConfig
 from dfa_engine.feedback import feedback_matrix, initial_parameters, sparse_feedback
 from dfa_engine.lfsr import seed_state
 
-from .arith import LFSRDraw, Requantize
+from .arith import LFSRDraw, Requantize, times_const
 from .feedback import SparseProjection, entry_layout
 from .mac import MACArray
 from .memory import SinglePortRAM, is_ice40_up, spram_plan
@@ -313,6 +313,16 @@ class Engine(wiring.Component):
         # ---- state -------------------------------------------------------------------
         layer = Signal(range(max(L, 2)))
         g = Signal(range(max(G) + 1))
+        # gn[l] = g * n[l], kept beside g (g only ever steps by one or returns to 0), so a
+        # weight address g * n[l] + j is one adder from registers: a product there made
+        # the weight memories' address a multiplier (an untimed SB_MAC16 on the iCE40)
+        gn = [Signal(range(max(G) * n[l] + 1), name=f"gn{l + 1}") for l in range(L)]
+
+        def g_zero():
+            return [g.eq(0), *(gn[l].eq(0) for l in range(L))]
+
+        def g_inc():
+            return [g.eq(g + 1), *(gn[l].eq(gn[l] + n[l]) for l in range(L))]
         jw = Signal(range(max(Win) + 1))    # input word index
         jl = Signal(range(P + 1))           # input lane index
         j = Signal(range(max(n[:-1]) + 1))  # input element index
@@ -335,8 +345,9 @@ class Engine(wiring.Component):
         s2_last = Signal()
         s2_lane = Signal(range(P + 1))
         s2_g = Signal.like(g)
-        s2_j = Signal.like(j)
         s2_layer = Signal.like(layer)
+        s2_use_delta = Signal()     # the update at stage 2 applies the stored deltas
+        s2_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1))   # = s2_g * n[s2_layer] + s2_j
         m.d.sync += s2_valid.eq(0)
         one_pass = cfg.schedule == "one_pass"
         cur = Signal()        # parity of the activation buffers of the latest sample
@@ -359,7 +370,7 @@ class Engine(wiring.Component):
             # Wide enough for any group field value: a row index truncated to this layer's
             # width would alias addresses outside the map onto real rows.
             row = Signal(range((1 << len(req_g)) * P + P), name=f"req_row{l}")
-            m.d.comb += row.eq(req_g * P + req_lane)
+            m.d.comb += row.eq(times_const(req_g, P) + req_lane)
             ok_w = (req_kind == 0) & (req_col < n[l])
             ok_b = (req_kind == 1) & (req_col == 0)
             lay_ok.append((req_layer == l) & (req_lane < P) & (row < n[l + 1]) & (ok_w | ok_b))
@@ -388,7 +399,7 @@ class Engine(wiring.Component):
         # ---- defaults for memory ports ----------------------------------------------
         # Read addresses follow the issuing counters; write enables default off.
         for l in range(L):
-            m.d.comb += [W_rd[l].addr.eq(g * n[l] + j), b_rd[l].addr.eq(g), d_rd[l].addr.eq(g)]
+            m.d.comb += [W_rd[l].addr.eq(gn[l] + j), b_rd[l].addr.eq(g), d_rd[l].addr.eq(g)]
         m.d.comb += [x_rd.addr.eq(Mux(cur, Win[0] + jw, jw)), x_rd_old.addr.eq(Mux(upd_par, Win[0] + jw, jw))]
         for l in range(L - 1):
             m.d.comb += [h_rd[l].addr.eq(Mux(cur, G[l] + jw, jw)), h_rd_old[l].addr.eq(Mux(upd_par, G[l] + jw, jw)),
@@ -488,7 +499,7 @@ class Engine(wiring.Component):
         for l in range(L):
             active_here = r_valid & (r_layer == l)
             nsat = Signal(range(P + 1), name=f"fwd_sat{l + 1}")
-            terms = [r_sat[p] & ((r_g * P + p) < n[l + 1]) for p in range(P)]
+            terms = [r_sat[p] & ((times_const(r_g, P) + p) < n[l + 1]) for p in range(P)]
             acc_sum = terms[0]
             for t in terms[1:]:
                 acc_sum = acc_sum + t
@@ -555,7 +566,7 @@ class Engine(wiring.Component):
                     for p in range(P):
                         w0 = gen.words[(p * k) * 32:(p * k) * 32 + 32]
                         base = Signal(_bits(C), name=f"fb_base{l + 1}_{p}")
-                        m.d.comb += base.eq((w0[:16] * C) >> 16)
+                        m.d.comb += base.eq(times_const(w0[:16], C) >> 16)
                         for jj in range(k):
                             w = gen.words[(p * k + jj) * 32:(p * k + jj) * 32 + 32]
                             idx = Signal(_bits(C), name=f"fb_idx{l + 1}_{p}_{jj}")
@@ -563,9 +574,9 @@ class Engine(wiring.Component):
                             ent = Signal(ent_layout, name=f"fb_ent{l + 1}_{p}_{jj}")
                             m.d.comb += [ent.index.eq(idx), ent.sign.eq(w[16])]
                             if cfg.feedback.values == "pow2":
-                                m.d.comb += ent.shift.eq((w[17:32] * (cfg.feedback.max_shift + 1)) >> 15)
+                                m.d.comb += ent.shift.eq(times_const(w[17:32], cfg.feedback.max_shift + 1) >> 15)
                             if cfg.feedback.values == "fixed":
-                                m.d.comb += ent.magnitude.eq(1 + ((w[17:32] * f.feedback.max_raw) >> 15))
+                                m.d.comb += ent.magnitude.eq(1 + (times_const(w[17:32], f.feedback.max_raw) >> 15))
                             fields.append(ent.as_value())
                     with m.If(issue):
                         m.d.sync += entries.eq(Cat(*fields))
@@ -573,7 +584,7 @@ class Engine(wiring.Component):
                     m.d.comb += pr.i.payload.e[c].eq(e_regs[c])
                 m.d.comb += [pr.i.payload.entries.eq(entries), pr.i.payload.mask.eq(mask_rd[l].data),
                              pr.i.valid.eq(dfa_s2[l])]
-                act_bits = [(dfa_s2g[l] * P + p) < n[l + 1] for p in range(P)]
+                act_bits = [(times_const(dfa_s2g[l], P) + p) < n[l + 1] for p in range(P)]
                 m.d.comb += pr.i.payload.active.eq(Cat(*act_bits))
                 with m.If(pr.i.valid):
                     m.d.sync += dfa_out_g[l].eq(dfa_s2g[l])
@@ -597,7 +608,7 @@ class Engine(wiring.Component):
                         m.d.sync += [dfa_c[l].eq(0), dfa_g[l].eq(dfa_g[l] + 1)]
                     with m.Else():
                         m.d.sync += dfa_c[l].eq(dfa_c[l] + 1)
-                m.d.comb += [fb_rd[l].addr.eq(dfa_g[l] * C + dfa_c[l]), mask_rd[l].addr.eq(dfa_g[l])]
+                m.d.comb += [fb_rd[l].addr.eq(times_const(dfa_g[l], C) + dfa_c[l]), mask_rd[l].addr.eq(dfa_g[l])]
                 flanes = lanes_of(fb_rd[l].data, f.feedback.width, f.feedback.amaranth_shape())
                 m.d.comb += [dm.i.valid.eq(dfa_s2[l]), dm.i.payload.x.eq(e_regs[s2_c]),
                              dm.i.payload.first.eq(s2_c == 0), dm.i.payload.last.eq(s2_last_c)]
@@ -612,7 +623,7 @@ class Engine(wiring.Component):
                                     cfg.rounding_backward)
                     m.submodules[f"rq_dense{l + 1}_{p}"] = rq
                     m.d.comb += rq.i.eq(dm.o.payload[p])
-                    active = (dfa_out_g[l] * P + p) < n[l + 1]
+                    active = (times_const(dfa_out_g[l], P) + p) < n[l + 1]
                     vals.append(Mux(mask_word[p] & active, rq.o, 0))
                     nsat.append(rq.saturated & active)
                 with m.If(dm.o.valid):
@@ -690,41 +701,52 @@ class Engine(wiring.Component):
         # (and passes the weights through unchanged, delta = 0, when none is pending)
         sel = s2_valid & (upd_active | (fwd_active if one_pass else 0))
         delta_in = Signal(P * dw)
-        m.d.comb += delta_in.eq(Mux(upd_active | pending, d_word, 0))
+        # (upd_active | pending) as the word was issued, a register: equal at stage 2 (both
+        # change only where no word is in flight) and off the update multiplier's input path
+        m.d.comb += delta_in.eq(Mux(s2_use_delta, d_word, 0))
         m.d.comb += [u.i.valid.eq(sel), u.i.payload.h.eq(x_upd), u.i.payload.layer.eq(s2_layer),
                      ub.i.valid.eq(sel & s2_first), ub.i.payload.layer.eq(s2_layer)]
         m.d.comb += [u.i.payload.w.eq(w_word), u.i.payload.delta.eq(delta_in),
                      ub.i.payload.w.eq(b_word), ub.i.payload.delta.eq(delta_in)]
-        out_addr = Signal(range(max(G[l] * n[l] for l in range(L)) + 1), name="upd_addr")
+        out_addr = Signal.like(s2_addr, name="upd_addr")
         out_g = Signal.like(g, name="upd_g")
         out_layer = Signal.like(layer, name="upd_layer")
         in_addr = Signal.like(out_addr, name="upd_in_addr")
         in_g = Signal.like(g, name="upd_in_g")
         in_layer = Signal.like(layer, name="upd_in_layer")
+        # A word is written back where an update is applied: always in the update pass,
+        # in a one-pass forward pass only while an update is pending (otherwise the word
+        # would come back unchanged, and single-port weights would stall for nothing).
+        # The decision is taken as the word enters the update unit (``upd_active`` and
+        # ``pending`` do not change while a word is in flight: every pass drains the unit
+        # before the state that changes them) and travels with it, one bit per layer, so
+        # a weight memory's write enable (and, single-port, its address multiplexer and
+        # the issue stall) comes straight from a register.
+        in_we = Signal(L, name="upd_in_we")
+        m.d.sync += in_we.eq(0)
         with m.If(sel):
-            m.d.sync += [in_g.eq(s2_g), in_layer.eq(s2_layer)]
-            with m.Switch(s2_layer):
-                for l in range(L):
-                    with m.Case(l):
-                        m.d.sync += in_addr.eq(s2_g * n[l] + s2_j)
+            m.d.sync += [in_g.eq(s2_g), in_layer.eq(s2_layer), in_addr.eq(s2_addr)]
+            with m.If(upd_active | pending):
+                m.d.sync += in_we.eq(Array(Const(1 << l, L) for l in range(L))[s2_layer])
+        out_we = Signal(L, name="upd_we")
         # ... and follow the word through the rest of the update unit's pipeline
-        stage = [in_addr, in_g, in_layer]
+        stage = [in_addr, in_g, in_layer, in_we]
         for k in range(UPDATE_LATENCY - 1):
-            regs = ([out_addr, out_g, out_layer] if k == UPDATE_LATENCY - 2 else
+            regs = ([out_addr, out_g, out_layer, out_we] if k == UPDATE_LATENCY - 2 else
                     [Signal.like(v, name=f"upd_stage{k}_{i}") for i, v in enumerate(stage)])
             m.d.sync += [r.eq(v) for r, v in zip(regs, stage)]
             stage = regs
         if UPDATE_LATENCY == 1:
-            m.d.comb += [out_addr.eq(in_addr), out_g.eq(in_g), out_layer.eq(in_layer)]
-        # A word is written back where an update is applied: always in the update pass,
-        # in a one-pass forward pass only while an update is pending (otherwise the word
-        # would come back unchanged, and single-port weights would stall for nothing).
+            m.d.comb += [out_addr.eq(in_addr), out_g.eq(in_g), out_layer.eq(in_layer), out_we.eq(in_we)]
         w_write = Signal()
-        m.d.comb += w_write.eq(u.o.valid & (upd_active | pending))
+        m.d.comb += w_write.eq(out_we.any())
+        # host writes of a weight (HOST_READ): a register per layer, set by HOST_ISSUE
+        host_w_we = Signal(L, name="host_w_we")
+        m.d.sync += host_w_we.eq(0)
         for l in range(L):
-            with m.If(w_write & (out_layer == l)):
-                m.d.comb += [W_wr[l].addr.eq(out_addr), W_wr[l].data.eq(u.o.payload.w.as_value()),
-                             W_wr[l].en.eq(1)]
+            m.d.comb += [W_wr[l].addr.eq(Mux(host_w_we[l], lat_w_addr, out_addr)),
+                         W_wr[l].data.eq(u.o.payload.w.as_value()),
+                         W_wr[l].en.eq(out_we[l] | host_w_we[l])]
             with m.If(ub.o.valid & (out_layer == l)):
                 m.d.comb += [b_wr[l].addr.eq(out_g), b_wr[l].data.eq(ub.o.payload.w.as_value()),
                              b_wr[l].en.eq(1)]
@@ -755,13 +777,14 @@ class Engine(wiring.Component):
         def step_columns(n_in, last_group, done_state):
             """Advance (g, j) over groups x columns; issue stage 2."""
             m.d.sync += [s2_valid.eq(1), s2_first.eq(j == 0), s2_last.eq(j == n_in - 1),
-                         s2_lane.eq(jl), s2_g.eq(g), s2_j.eq(j), s2_layer.eq(layer), s2_word.eq(jw)]
+                         s2_lane.eq(jl), s2_g.eq(g), s2_layer.eq(layer), s2_word.eq(jw),
+                         s2_addr.eq(Array(gn)[layer] + j), s2_use_delta.eq(upd_active | pending)]
             with m.If(j == n_in - 1):
                 m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0)]
                 with m.If(g == last_group):
                     m.next = done_state
                 with m.Else():
-                    m.d.sync += g.eq(g + 1)
+                    m.d.sync += g_inc()
             with m.Else():
                 next_column()
 
@@ -812,7 +835,7 @@ class Engine(wiring.Component):
                     with m.If(j == 0):
                         m.d.sync += [label.eq(self.sample.payload.label), train.eq(self.sample.payload.train)]
                     with m.If(j == n[0] - 1):
-                        m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), layer.eq(0), cur.eq(~cur),
+                        m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), *g_zero(), layer.eq(0), cur.eq(~cur),
                                      bump("samples_received")]
                         m.next = "FWD"
                     with m.Else():
@@ -837,7 +860,7 @@ class Engine(wiring.Component):
                         m.d.sync += pending.eq(0)      # one-pass: applied by this pass
                         m.next = "ERR"
                     with m.Else():
-                        m.d.sync += [layer.eq(layer + 1), g.eq(0)]
+                        m.d.sync += [layer.eq(layer + 1), *g_zero()]
                         m.next = "FWD"
             with m.State("ERR"):
                 m.d.comb += [oerr.i.payload.label.eq(Mux(label_ok, label, 0)), oerr.i.valid.eq(1)]
@@ -847,7 +870,7 @@ class Engine(wiring.Component):
             with m.State("ERR_WAIT"):
                 m.d.comb += oerr.o.ready.eq(1)
                 with m.If(oerr.o.valid):
-                    m.d.sync += [prediction.eq(oerr.o.payload.prediction), g.eq(0)]
+                    m.d.sync += [prediction.eq(oerr.o.payload.prediction), *g_zero()]
                     with m.If(train & ~rejected):
                         m.d.comb += e_sat.eq(oerr.o.payload.saturated)
                         m.next = "DELTA_OUT"
@@ -863,7 +886,7 @@ class Engine(wiring.Component):
                     choices = [e_regs[gg * P + p] if gg * P + p < C else Const(0) for gg in range(G[L - 1])]
                     m.d.comb += rqs[p].i.eq(Array(choices)[g])
                     vals.append(rqs[p].o)
-                    nsat.append(rqs[p].saturated & ((g * P + p) < C))
+                    nsat.append(rqs[p].saturated & ((times_const(g, P) + p) < C))
                 m.d.comb += [d_wr[L - 1].addr.eq(g), d_wr[L - 1].data.eq(Cat(*vals)), d_wr[L - 1].en.eq((1 << P) - 1)]
                 tot = nsat[0]
                 for t in nsat[1:]:
@@ -873,11 +896,11 @@ class Engine(wiring.Component):
                     m.d.comb += dfa_start.eq(1)
                     m.next = "DELTA_DFA"
                 with m.Else():
-                    m.d.sync += g.eq(g + 1)
+                    m.d.sync += g_inc()
             with m.State("DELTA_DFA"):
                 m.d.comb += dfa_run.eq(1)
                 with m.If(dfa_done):
-                    m.d.sync += [layer.eq(L - 2 if L >= 2 else 0), j.eq(0), jw.eq(0), jl.eq(0), g.eq(0)]
+                    m.d.sync += [layer.eq(L - 2 if L >= 2 else 0), j.eq(0), jw.eq(0), jl.eq(0), *g_zero()]
                     m.next = "DELTA_BP_NEXT"
             with m.State("DELTA_BP_NEXT"):
                 # find the next BP layer, top-down
@@ -894,7 +917,7 @@ class Engine(wiring.Component):
                                     m.d.sync += layer.eq(l - 1)
                 else:
                     m.next = after_deltas
-                m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), g.eq(0), drain.eq(0)]
+                m.d.sync += [j.eq(0), jw.eq(0), jl.eq(0), *g_zero(), drain.eq(0)]
             with m.State("DELTA_BP"):
                 # issue: column j of layer `layer` (= row j of W_{layer+1}^T), groups g of layer+1
                 m.d.comb += bp_active.eq(1)
@@ -904,18 +927,18 @@ class Engine(wiring.Component):
                             if cfg.methods[l] != "bp":
                                 continue
                             # W_{l+1} read at (g, j); delta_{l+1} word g; mask_l word of j
-                            m.d.comb += [W_rd[l + 1].addr.eq(g * n[l + 1] + j), d_rd[l + 1].addr.eq(g),
+                            m.d.comb += [W_rd[l + 1].addr.eq(gn[l + 1] + j), d_rd[l + 1].addr.eq(g),
                                          mask_rd[l].addr.eq(s2_word)]
                             m.d.sync += [s2_valid.eq(1), s2_first.eq(g == 0), s2_last.eq(g == G[l + 1] - 1),
                                          s2_lane.eq(jl), s2_layer.eq(l), s2_word.eq(jw)]
                             with m.If(g == G[l + 1] - 1):
-                                m.d.sync += g.eq(0)
+                                m.d.sync += g_zero()
                                 with m.If(j == n[l + 1] - 1):
                                     m.next = "DELTA_BP_DRAIN"
                                 with m.Else():
                                     next_column()
                             with m.Else():
-                                m.d.sync += g.eq(g + 1)
+                                m.d.sync += g_inc()
                 m.d.sync += drain.eq(0)
             with m.State("DELTA_BP_DRAIN"):
                 m.d.comb += bp_active.eq(1)
@@ -931,7 +954,7 @@ class Engine(wiring.Component):
                         m.d.sync += layer.eq(layer - 1)
                         m.next = "DELTA_BP_NEXT"
             with m.State("UPDATE_START"):
-                m.d.sync += [layer.eq(0), g.eq(0), j.eq(0), jw.eq(0), jl.eq(0)]
+                m.d.sync += [layer.eq(0), *g_zero(), j.eq(0), jw.eq(0), jl.eq(0)]
                 m.next = "UPDATE"
             with m.State("UPDATE"):
                 m.d.comb += upd_active.eq(1)
@@ -953,7 +976,7 @@ class Engine(wiring.Component):
                             m.d.sync += bump("samples_trained")
                             m.next = "RESULT"
                     with m.Else():
-                        m.d.sync += [layer.eq(layer + 1), g.eq(0)]
+                        m.d.sync += [layer.eq(layer + 1), *g_zero()]
                         m.next = "UPDATE"
             with m.State("COMMIT"):
                 # one-pass: the sample is trained; its update is applied before anything
@@ -980,7 +1003,7 @@ class Engine(wiring.Component):
                 m.d.comb += self.host_req.ready.eq(1)
                 m.d.sync += [lat_kind.eq(req_kind), lat_layer.eq(req_layer), lat_lane.eq(req_lane),
                              lat_counter.eq(a[:off - 2]), lat_write.eq(0), lat_data.eq(req_data),
-                             lat_w_addr.eq(req_g * Array(n[l] for l in range(L))[req_layer] + req_col),
+                             lat_w_addr.eq(Array(times_const(req_g, n[l]) for l in range(L))[req_layer] + req_col),
                              lat_b_addr.eq(req_g), lat_req_write.eq(self.host_req.payload.write),
                              lat_accept.eq(in_range & ~(self.host_req.payload.write & ((req_kind == 2) | ~value_ok)))]
                 m.next = "HOST_ISSUE"
@@ -1001,6 +1024,7 @@ class Engine(wiring.Component):
                         for l in range(L):
                             with m.Case(l):
                                 m.d.comb += [W_rd[l].addr.eq(lat_w_addr), b_rd[l].addr.eq(lat_b_addr)]
+                                m.d.sync += host_w_we[l].eq(lat_req_write & (lat_kind == 0))
                     m.next = "HOST_READ"
             with m.State("HOST_READ"):
                 value = Signal(signed(self._data_width))
@@ -1027,8 +1051,8 @@ class Engine(wiring.Component):
                                 b_merged = [Mux(lat_lane == p, lat_data[:bW], b_rd[l].data[p * bW:(p + 1) * bW])
                                             for p in range(P)]
                                 with m.If(lat_kind == 0):
-                                    m.d.comb += [W_wr[l].addr.eq(lat_w_addr), W_wr[l].data.eq(Cat(*w_merged)),
-                                                 W_wr[l].en.eq(1)]
+                                    # address and enable: host_w_we, set by HOST_ISSUE
+                                    m.d.comb += W_wr[l].data.eq(Cat(*w_merged))
                                 with m.Else():
                                     m.d.comb += [b_wr[l].addr.eq(lat_b_addr), b_wr[l].data.eq(Cat(*b_merged)),
                                                  b_wr[l].en.eq(1)]

@@ -57,15 +57,48 @@ def is_ice40_up(platform) -> bool:
     return platform is not None and str(getattr(platform, "device", "")).startswith("iCE40UP")
 
 
+class SPRAMTileModel(Elaboratable):
+    """The behaviour of one SB_SPRAM256KA as Yosys's ``cells_sim.v`` models it (MASKWREN
+    all ones, awake, powered): on a clock edge with ``chipselect``, a read (``~wren``)
+    loads ``dataout`` from ``address``; a write stores ``datain`` and leaves ``dataout``
+    undefined, which this model makes a recognisable garbage word (0xDEAD) so a test sees
+    any use of it. Without ``chipselect`` nothing changes."""
+
+    GARBAGE = 0xDEAD
+
+    def __init__(self):
+        self.address = Signal(14)
+        self.datain = Signal(SPRAM_WIDTH)
+        self.wren = Signal()
+        self.chipselect = Signal()
+        self.dataout = Signal(SPRAM_WIDTH)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.mem = mem = memory.Memory(shape=SPRAM_WIDTH, depth=SPRAM_DEPTH, init=[])
+        rd, wr = mem.read_port(transparent_for=()), mem.write_port()
+        word = Signal(SPRAM_WIDTH)
+        m.d.comb += [rd.addr.eq(self.address), rd.en.eq(self.chipselect & ~self.wren), word.eq(rd.data),
+                     wr.addr.eq(self.address), wr.data.eq(self.datain), wr.en.eq(self.chipselect & self.wren)]
+        wrote = Signal()          # the last selected cycle wrote: dataout is undefined
+        with m.If(self.chipselect):
+            m.d.sync += wrote.eq(self.wren)
+        m.d.comb += self.dataout.eq(Mux(wrote, self.GARBAGE, word))
+        return m
+
+
 class SinglePortRAM(Elaboratable):
     """A ``width`` x ``depth`` RAM with one address: ``wr_en`` selects a write of
     ``wr_data`` at ``wr_addr``; otherwise ``rd_addr`` is read and its word appears on
     ``rd_data`` the next cycle. A write cycle reads nothing (``rd_data`` then holds no
     defined word: the controller never uses it). ``spram``: build it from SB_SPRAM256KA
-    tiles (iCE40 UP only; contents start undefined)."""
+    tiles (iCE40 UP only; contents start undefined). ``tile_model``: build the tiles from
+    :class:`SPRAMTileModel`, so the Amaranth simulator can check the tiling."""
 
-    def __init__(self, width: int, depth: int, init=(), spram: bool = False, name: str = "ram"):
+    def __init__(self, width: int, depth: int, init=(), spram: bool = False, name: str = "ram",
+                 tile_model: bool = False):
         self.width, self.depth, self.spram = width, depth, spram
+        self._tile_model = tile_model     # tests: SPRAMTileModel in place of the primitive
         self._init = list(init)
         if spram and any(self._init):
             raise ValueError(f"{name}: SB_SPRAM256KA has no initial contents; load the weights from the host")
@@ -90,22 +123,34 @@ class SinglePortRAM(Elaboratable):
         rows = _ceil_div(self.depth, SPRAM_DEPTH)
         wdata = Signal(cols * SPRAM_WIDTH)
         m.d.comb += wdata.eq(self.wr_data)
-        row = addr[14:] if rows > 1 else Const(0, 1)
+        row = self.rd_addr[14:] if rows > 1 else Const(0, 1)
         row_q = Signal(max(1, len(row)))           # the row whose word rd_data shows
         with m.If(~self.wr_en):
             m.d.sync += row_q.eq(row)
+        # Every tile is always selected: a read reads all rows (``row_q`` picks the word)
+        # and a write is steered by the row of ``wr_addr`` alone. A chip select decoded
+        # from the multiplexed address put the address multiplexer and a comparison in
+        # series with the controller's write decision, the UP5K build's critical path.
+        wr_row = self.wr_addr[14:] if rows > 1 else Const(0, 1)
         row_words = []
         for r in range(rows):
-            select = (row == r) if rows > 1 else Const(1, 1)
+            write_here = self.wr_en & (wr_row == r) if rows > 1 else self.wr_en
             word = []
             for c in range(cols):
                 dout = Signal(SPRAM_WIDTH, name=f"{self._name}_r{r}c{c}")
-                m.submodules[f"spram_r{r}c{c}"] = Instance(
-                    "SB_SPRAM256KA",
-                    i_ADDRESS=addr[:14], i_DATAIN=wdata[c * SPRAM_WIDTH:(c + 1) * SPRAM_WIDTH],
-                    i_MASKWREN=Const(0b1111, 4), i_WREN=self.wr_en, i_CHIPSELECT=select,
-                    i_CLOCK=ClockSignal("sync"), i_STANDBY=Const(0, 1), i_SLEEP=Const(0, 1),
-                    i_POWEROFF=Const(1, 1), o_DATAOUT=dout)
+                din = wdata[c * SPRAM_WIDTH:(c + 1) * SPRAM_WIDTH]
+                if self._tile_model:
+                    tile = SPRAMTileModel()
+                    m.d.comb += [tile.address.eq(addr[:14]), tile.datain.eq(din), tile.wren.eq(write_here),
+                                 tile.chipselect.eq(1), dout.eq(tile.dataout)]
+                else:
+                    tile = Instance(
+                        "SB_SPRAM256KA",
+                        i_ADDRESS=addr[:14], i_DATAIN=din,
+                        i_MASKWREN=Const(0b1111, 4), i_WREN=write_here, i_CHIPSELECT=Const(1, 1),
+                        i_CLOCK=ClockSignal("sync"), i_STANDBY=Const(0, 1), i_SLEEP=Const(0, 1),
+                        i_POWEROFF=Const(1, 1), o_DATAOUT=dout)
+                m.submodules[f"spram_r{r}c{c}"] = tile
                 word.append(dout)
             row_words.append(Cat(*word)[:self.width])
         if rows == 1:
