@@ -552,6 +552,27 @@ def _utilization(dev: Device, stats: dict, pnr: dict) -> dict:
     return util
 
 
+_CONSTANT_CLOCK = "$PACKER_GND_NET"
+
+
+def _constant_clock_paths(critical_paths) -> dict | None:
+    """Paths nextpnr did not hold to the clock: on the iCE40 it gives a DSP used without
+    its registers a pseudo clock driven by a constant (``$PACKER_GND_NET``), so a path
+    register -> DSP -> register is reported as two unconstrained halves (clk -> pseudo,
+    pseudo -> clk). Their longest halves added bound the real path, and 1000 / that sum
+    bounds fmax; ``None`` when there is no such path (the engine computes no address or
+    count with a DSP: ``hdl/arith.py: times_const``)."""
+    def delay(c):
+        return sum(p["delay"] for p in c.get("path") or [])
+    into = [delay(c) for c in critical_paths if _CONSTANT_CLOCK in str(c.get("to"))]
+    out_of = [delay(c) for c in critical_paths if _CONSTANT_CLOCK in str(c.get("from"))]
+    if not into and not out_of:
+        return None
+    total = max(into, default=0.0) + max(out_of, default=0.0)
+    return {"into_ns": round(max(into, default=0.0), 2), "out_of_ns": round(max(out_of, default=0.0), 2),
+            "fmax_bound_mhz": round(1000.0 / total, 2) if total > 0 else None}
+
+
 def _strip_paths(path: Path, out: Path):
     """Replace this machine's absolute paths in a log (tool tracebacks name the Python
     installation) with placeholders."""
@@ -675,6 +696,9 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     clocks = {k: v for k, v in (pnr.get("fmax") or {}).items()}
     if clocks:
         fmax = min(v["achieved"] for v in clocks.values())
+    untimed = _constant_clock_paths(pnr.get("critical_paths") or [])
+    if untimed is not None and untimed["fmax_bound_mhz"] and fmax is not None:
+        fmax = min(fmax, untimed["fmax_bound_mhz"])
     target = top.freq_mhz
     timing_met = fmax is not None and fmax >= target
     if status == "ok" and fmax is not None and not timing_met:
@@ -698,6 +722,7 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
         "status": status, "failed_step": failed, "error": error, "dsp_inference": not no_dsp,
         "requested_mhz": freq, "target_mhz": target, "fmax_mhz": fmax, "timing_met": timing_met,
         "clocks": clocks,
+        "untimed_constant_clock_paths": untimed,
         "critical_path": crit,
         "utilization": util,
         "yosys_cells": stats,
@@ -784,6 +809,10 @@ def format_report(rep: dict) -> str:
     if rep.get("critical_path"):
         c = rep["critical_path"]
         lines.append(f"  critical path {c['delay_ns']:.1f} ns, {c['logic_levels']} logic levels: {c['from']} -> {c['to']}")
+    u = rep.get("untimed_constant_clock_paths")
+    if u:
+        lines.append(f"  WARNING: paths through an unregistered DSP, which nextpnr does not time against the clock "
+                     f"({u['into_ns']:.1f} ns in + {u['out_of_ns']:.1f} ns out): fmax bounded by {_fmt(u['fmax_bound_mhz'], 2)} MHz")
     lines.append(f"  {rep['cycles_per_sample']:,} cycles per training sample: "
                  f"{_fmt(rep['samples_per_second'])} samples/s (estimate {est and _fmt(rep['estimate']['samples_per_second'])})")
     lines += _method_lines(rep.get("by_method"))

@@ -92,3 +92,19 @@ def test_cli_build_refuses_a_configuration_that_cannot_fit(tmp_path):
         "error: memory: needs 1,668,736 bits; the iCE40UP5K has 1,171,456 "
         "(30 x 4,096 in SB_RAM40_4K + 4 x 262,144 in SPRAM)"]
     assert not (tmp_path / "out" / "dfa_top.json").exists()
+
+
+def test_paths_through_an_unregistered_dsp_bound_fmax():
+    """nextpnr reports a path through a DSP without registers as two halves in a pseudo
+    clock domain; the report adds the longest halves and bounds fmax by their sum."""
+    from dfa_engine.gen.build import _constant_clock_paths
+
+    def path(frm, to, delays):
+        return {"from": frm, "to": to, "path": [{"delay": d} for d in delays]}
+
+    gnd = "posedge $PACKER_GND_NET_$glb_clk"
+    paths = [path("posedge clk", "posedge clk", [10.0, 20.0]),
+             path("posedge clk", gnd, [6.0, 6.5]), path(gnd, "posedge clk", [2.0, 1.5])]
+    u = _constant_clock_paths(paths)
+    assert u == {"into_ns": 12.5, "out_of_ns": 3.5, "fmax_bound_mhz": 62.5}
+    assert _constant_clock_paths(paths[:1]) is None
