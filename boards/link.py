@@ -254,6 +254,9 @@ class HostLink(wiring.Component):
         tx_phase = Signal(2)                        # 0 body, 1 CRC low byte, 2 CRC high byte
         tx_crc = Signal(16)
         tx_esc = Signal()                  # the ESCAPE went out; the escaped byte is next
+        tx_loaded = Signal()               # tx_byte holds the next body or CRC byte
+        tx_byte = Signal(8)                # ... and whether it must be stuffed
+        tx_stuff = Signal()
 
         # A request the engine must not see: address bits above the engine's address width,
         # or data that does not fit its data word. Truncating them would alias a refused
@@ -330,35 +333,40 @@ class HostLink(wiring.Component):
             with m.State("SEND_OPEN"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(FLAG)]
                 with m.If(self.tx.ready):
-                    m.d.sync += [tx_left.eq(resp_len - 1), tx_phase.eq(0), tx_crc.eq(CRC_INIT), tx_esc.eq(0)]
+                    m.d.sync += [tx_left.eq(resp_len - 1), tx_phase.eq(0), tx_crc.eq(CRC_INIT), tx_esc.eq(0),
+                                 tx_loaded.eq(0)]
                     m.next = "SEND_BODY"
 
             with m.State("SEND_BODY"):
                 # header and payload from resp (phase 0), then the CRC, low byte first (phases
-                # 1, 2); stuffed. resp shifts down a byte as each goes out (no byte-select
-                # multiplexer across the whole response), and the phase and the bytes left
-                # are registers (no comparison with the length on the way to the byte: both
-                # were the UP5K build's critical path)
+                # 1, 2); stuffed. Each byte is first loaded into tx_byte with its stuffing
+                # decision (a cycle of its own), then sent: what goes out and what advances
+                # (resp shifts down a byte, the CRC steps, the phase and the bytes left, all
+                # registers) then depend on registers only. The byte select, the FLAG/ESCAPE
+                # comparison and the enable of the whole response register in one cycle were
+                # the UP5K build's critical path.
                 raw = tx_raw
                 m.d.comb += raw.eq(Mux(tx_phase == 0, resp[:8], Mux(tx_phase == 1, tx_crc[:8], tx_crc[8:])))
-                stuff = (raw == FLAG) | (raw == ESCAPE)
-                m.d.comb += [self.tx.valid.eq(1),
-                             self.tx.payload.eq(Mux(tx_esc, raw ^ ESCAPE_XOR, Mux(stuff, ESCAPE, raw)))]
-                with m.If(self.tx.ready):
-                    with m.If(stuff & ~tx_esc):
-                        m.d.sync += tx_esc.eq(1)
-                    with m.Else():
-                        m.d.sync += tx_esc.eq(0)
-                        with m.Switch(tx_phase):
-                            with m.Case(0):
-                                m.d.sync += [tx_crc.eq(crc16_step(tx_crc, raw)), resp.eq(resp >> 8),
-                                             tx_left.eq(tx_left - 1)]
-                                with m.If(tx_left == 0):
-                                    m.d.sync += tx_phase.eq(1)
-                            with m.Case(1):
-                                m.d.sync += tx_phase.eq(2)
-                            with m.Default():
-                                m.next = "SEND_CLOSE"
+                with m.If(~tx_loaded):
+                    m.d.sync += [tx_byte.eq(raw), tx_stuff.eq((raw == FLAG) | (raw == ESCAPE)), tx_loaded.eq(1)]
+                with m.Else():
+                    m.d.comb += [self.tx.valid.eq(1),
+                                 self.tx.payload.eq(Mux(tx_esc, tx_byte ^ ESCAPE_XOR, Mux(tx_stuff, ESCAPE, tx_byte)))]
+                    with m.If(self.tx.ready):
+                        with m.If(tx_stuff & ~tx_esc):
+                            m.d.sync += tx_esc.eq(1)
+                        with m.Else():
+                            m.d.sync += [tx_esc.eq(0), tx_loaded.eq(0)]
+                            with m.Switch(tx_phase):
+                                with m.Case(0):
+                                    m.d.sync += [tx_crc.eq(crc16_step(tx_crc, tx_byte)), resp.eq(resp >> 8),
+                                                 tx_left.eq(tx_left - 1)]
+                                    with m.If(tx_left == 0):
+                                        m.d.sync += tx_phase.eq(1)
+                                with m.Case(1):
+                                    m.d.sync += tx_phase.eq(2)
+                                with m.Default():
+                                    m.next = "SEND_CLOSE"
 
             with m.State("SEND_CLOSE"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(FLAG)]

@@ -418,7 +418,9 @@ class LinkSpec(Elaboratable):
 # Depth 40: the longest exchange, a SAMPLE frame (14 bytes with its flags), its 4 elements,
 # the result and the 13-byte RESULT frame, fits with cycles to spare for backpressure;
 # shorter exchanges (STATUS: 7 bytes in, 23 out) fit with a second frame behind them.
-LINK_DEPTH = 30
+LINK_DEPTH = 45
+# a whole exchange: the transmitter loads each response byte in a cycle of its own
+LINK_COVER_DEPTH = LINK_DEPTH
 
 
 def test_link_streams():
@@ -426,7 +428,7 @@ def test_link_streams():
 
 
 def test_link_streams_reachable():
-    assert_passes(run_check(LinkSpec(HostLink(LINK_CFG), LINK_CFG), depth=LINK_DEPTH, mode="cover",
+    assert_passes(run_check(LinkSpec(HostLink(LINK_CFG), LINK_CFG), depth=LINK_COVER_DEPTH, mode="cover",
                             name="link_streams_cover"))
 
 
