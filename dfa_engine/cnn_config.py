@@ -34,7 +34,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import (_DEFAULT_FORMATS, ACTIVATIONS, FORMAT_NAMES, METHODS, ConfigError, Formats, _choice, _int,
+from .config import (_read_formats, _read_rounding_no_stochastic, ACTIVATIONS, FORMAT_NAMES, METHODS, ConfigError, Formats, _choice, _int,
                      _check_schema, _is_int, validate_formats)
 from .fixed import FixedFormat
 
@@ -287,27 +287,9 @@ def cnn_config_from_dict(data: dict) -> CNNEngineConfig:
                           "must be at least 2 (the number of classes)")
     n_param = sum(s.parametrized for s in layers)
 
-    formats = {}
-    for name in FORMAT_NAMES:
-        text = fmt.get(name, _DEFAULT_FORMATS[name])
-        try:
-            formats[name] = FixedFormat.parse(text)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"formats.{name}", text, f"is not a valid format: {exc}") from None
-    acc = fmt.get("accumulator", "auto")
-    if acc == "auto":
-        acc = None
-    else:
-        if not _is_int(acc):
-            raise ConfigError("formats.accumulator", acc, "must be \"auto\" or an integer number of bits")
-        _int("formats", "accumulator", acc, 2, 64)
+    formats, acc = _read_formats(fmt)
 
-    modes = {k: _choice("rounding", k, rnd.get(k, "nearest"), ("trunc", "nearest"))
-             for k in ("forward", "backward")}
-    upd = rnd.get("update", "nearest")
-    if upd == "stochastic":
-        raise ConfigError("rounding.update", upd, "is not supported by the CNN model yet; must be trunc or nearest")
-    modes["update"] = _choice("rounding", "update", upd, ("trunc", "nearest"))
+    modes = _read_rounding_no_stochastic(rnd, "CNN")
 
     lr_multiplier, lr_shift = None, ()
     if "learning_rate" in trn and "lr_shift" in trn:

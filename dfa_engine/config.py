@@ -206,6 +206,38 @@ def _check_schema(data, schema: dict) -> None:
                                   f"is not a known field; known: {', '.join(sorted(schema[section]))}")
 
 
+def _read_formats(fmt: dict) -> tuple:
+    """The ``[formats]`` table: (the per-tensor formats by name, the accumulator width or
+    None for "auto"), each bad entry a ConfigError naming it. Shared by the MLP, CNN and
+    RNN parsers."""
+    formats = {}
+    for name in FORMAT_NAMES:
+        text = fmt.get(name, _DEFAULT_FORMATS[name])
+        try:
+            formats[name] = FixedFormat.parse(text)
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"formats.{name}", text, f"is not a valid format: {exc}") from None
+    acc = fmt.get("accumulator", "auto")
+    if acc == "auto":
+        acc = None
+    else:
+        if not _is_int(acc):
+            raise ConfigError("formats.accumulator", acc, "must be \"auto\" or an integer number of bits")
+        _int("formats", "accumulator", acc, 2, 64)
+    return formats, acc
+
+
+def _read_rounding_no_stochastic(rnd: dict, model: str) -> dict:
+    """The ``[rounding]`` table of a model without stochastic rounding (the CNN and RNN
+    golden models): forward, backward and update, each trunc or nearest."""
+    modes = {k: _choice("rounding", k, rnd.get(k, "nearest"), ("trunc", "nearest")) for k in ("forward", "backward")}
+    upd = rnd.get("update", "nearest")
+    if upd == "stochastic":
+        raise ConfigError("rounding.update", upd, f"is not supported by the {model} model yet; must be trunc or nearest")
+    modes["update"] = _choice("rounding", "update", upd, ("trunc", "nearest"))
+    return modes
+
+
 def config_from_dict(data: dict) -> EngineConfig:
     """Build and validate a configuration from parsed TOML (missing fields take defaults)."""
     _check_schema(data, _SCHEMA)
@@ -239,20 +271,7 @@ def config_from_dict(data: dict) -> EngineConfig:
     else:
         methods = [_choice("network", "method", net.get("method", "dfa"), METHODS)] * n_hidden
 
-    formats = {}
-    for name in FORMAT_NAMES:
-        text = fmt.get(name, _DEFAULT_FORMATS[name])
-        try:
-            formats[name] = FixedFormat.parse(text)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"formats.{name}", text, f"is not a valid format: {exc}") from None
-    acc = fmt.get("accumulator", "auto")
-    if acc == "auto":
-        acc = None
-    else:
-        if not _is_int(acc):
-            raise ConfigError("formats.accumulator", acc, "must be \"auto\" or an integer number of bits")
-        _int("formats", "accumulator", acc, 2, 64)
+    formats, acc = _read_formats(fmt)
     formats = Formats(accumulator=acc, **formats)
 
     rounding = {}

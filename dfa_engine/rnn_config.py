@@ -25,10 +25,9 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import (_DEFAULT_FORMATS, ACTIVATIONS, FEEDBACK_KINDS, FEEDBACK_STORAGE, FEEDBACK_VALUES, FORMAT_NAMES,
+from .config import (_read_formats, _read_rounding_no_stochastic, ACTIVATIONS, FEEDBACK_KINDS, FEEDBACK_STORAGE, FEEDBACK_VALUES, FORMAT_NAMES,
                      ConfigError, EngineConfig, FeedbackConfig, Formats, _check_schema, _choice, _int, _is_int,
                      validate_formats)
-from .fixed import FixedFormat
 
 __all__ = ["RNNEngineConfig", "rnn_config_from_dict", "load_rnn_config", "validate_rnn", "RNN_METHODS"]
 
@@ -176,26 +175,9 @@ def rnn_config_from_dict(data: dict) -> RNNEngineConfig:
         raise ConfigError("network.window", window, "must be \"all\", \"last\" or an integer number of steps")
     _int("network", "window", window, 1, steps)
 
-    formats = {}
-    for name in FORMAT_NAMES:
-        text = fmt.get(name, _DEFAULT_FORMATS[name])
-        try:
-            formats[name] = FixedFormat.parse(text)
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"formats.{name}", text, f"is not a valid format: {exc}") from None
-    acc = fmt.get("accumulator", "auto")
-    if acc == "auto":
-        acc = None
-    else:
-        if not _is_int(acc):
-            raise ConfigError("formats.accumulator", acc, "must be \"auto\" or an integer number of bits")
-        _int("formats", "accumulator", acc, 2, 64)
+    formats, acc = _read_formats(fmt)
 
-    modes = {k: _choice("rounding", k, rnd.get(k, "nearest"), ("trunc", "nearest")) for k in ("forward", "backward")}
-    upd = rnd.get("update", "nearest")
-    if upd == "stochastic":
-        raise ConfigError("rounding.update", upd, "is not supported by the RNN model yet; must be trunc or nearest")
-    modes["update"] = _choice("rounding", "update", upd, ("trunc", "nearest"))
+    modes = _read_rounding_no_stochastic(rnd, "RNN")
 
     lr_multiplier, lr_shift = None, ()
     if "learning_rate" in trn and "lr_shift" in trn:
