@@ -34,8 +34,8 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import (_read_formats, _read_rounding_no_stochastic, ACTIVATIONS, FORMAT_NAMES, METHODS, ConfigError, Formats, _choice, _int,
-                     _check_schema, _is_int, validate_formats)
+from .config import (_read_formats, _read_learning_rate, _read_rounding_no_stochastic, ACTIVATIONS, FORMAT_NAMES, METHODS, ConfigError, Formats, _choice, _int,
+                     _check_schema, validate_formats)
 from .fixed import FixedFormat
 
 __all__ = ["CNNLayer", "DilatedFeedbackConfig", "CNNEngineConfig", "cnn_config_from_dict", "load_cnn_config",
@@ -291,25 +291,7 @@ def cnn_config_from_dict(data: dict) -> CNNEngineConfig:
 
     modes = _read_rounding_no_stochastic(rnd, "CNN")
 
-    lr_multiplier, lr_shift = None, ()
-    if "learning_rate" in trn and "lr_shift" in trn:
-        raise ConfigError("training.learning_rate", trn["learning_rate"],
-                          "conflicts with training.lr_shift; give one of them")
-    if "learning_rate" in trn:
-        lr = trn["learning_rate"]
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (0 < lr < 1):
-            raise ConfigError("training.learning_rate", lr, "must be a number with 0 < learning_rate < 1")
-        lr_multiplier = float(lr)
-    else:
-        shifts = trn.get("lr_shift", 6)
-        if _is_int(shifts):
-            shifts = [shifts] * n_param
-        if not isinstance(shifts, list) or len(shifts) != n_param:
-            raise ConfigError("training.lr_shift", shifts,
-                              f"must be an integer or a list of {n_param} integers, one per conv/dense layer")
-        for i, s in enumerate(shifts):
-            _int("training", f"lr_shift[{i}]", s, 0, 30)
-        lr_shift = tuple(shifts)
+    lr_multiplier, lr_shift = _read_learning_rate(trn, n_param, ", one per conv/dense layer", max_shift=30)
 
     feedback = DilatedFeedbackConfig(
         d=_int("feedback", "d", fbk.get("d", 2), 1, 64),

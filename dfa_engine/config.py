@@ -238,6 +238,28 @@ def _read_rounding_no_stochastic(rnd: dict, model: str) -> dict:
     return modes
 
 
+def _read_learning_rate(trn: dict, count: int, which: str, max_shift: int) -> tuple:
+    """``training.learning_rate`` (a multiplier, 0 < lr < 1) or ``training.lr_shift`` (one
+    integer, or ``count`` of them: lr = 2^-shift per parameter layer; ``which`` says which
+    layers, in the error message): (lr_multiplier or None, lr_shift tuple or ())."""
+    if "learning_rate" in trn and "lr_shift" in trn:
+        raise ConfigError("training.learning_rate", trn["learning_rate"],
+                          "conflicts with training.lr_shift; give one of them")
+    if "learning_rate" in trn:
+        lr = trn["learning_rate"]
+        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (0 < lr < 1):
+            raise ConfigError("training.learning_rate", lr, "must be a number with 0 < learning_rate < 1")
+        return float(lr), ()
+    shifts = trn.get("lr_shift", 6)
+    if _is_int(shifts):
+        shifts = [shifts] * count
+    if not isinstance(shifts, list) or len(shifts) != count:
+        raise ConfigError("training.lr_shift", shifts, f"must be an integer or a list of {count} integers{which}")
+    for i, sh in enumerate(shifts):
+        _int("training", f"lr_shift[{i}]", sh, 0, max_shift)
+    return None, tuple(shifts)
+
+
 def config_from_dict(data: dict) -> EngineConfig:
     """Build and validate a configuration from parsed TOML (missing fields take defaults)."""
     _check_schema(data, _SCHEMA)
@@ -281,26 +303,7 @@ def config_from_dict(data: dict) -> EngineConfig:
     rounding_seed = _int("rounding", "seed", rnd.get("seed", 7), 0, 2**32 - 1)
 
     n_layers = len(layers) - 1
-    lr_multiplier = None
-    if "learning_rate" in trn and "lr_shift" in trn:
-        raise ConfigError("training.learning_rate", trn["learning_rate"],
-                          "conflicts with training.lr_shift; give one of them")
-    if "learning_rate" in trn:
-        lr = trn["learning_rate"]
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (0 < lr < 1):
-            raise ConfigError("training.learning_rate", lr, "must be a number with 0 < learning_rate < 1")
-        lr_multiplier = float(lr)
-        lr_shift = ()
-    else:
-        shifts = trn.get("lr_shift", 6)
-        if _is_int(shifts):
-            shifts = [shifts] * n_layers
-        if not isinstance(shifts, list) or len(shifts) != n_layers:
-            raise ConfigError("training.lr_shift", shifts,
-                              f"must be an integer or a list of {n_layers} integers, one per layer")
-        for i, s in enumerate(shifts):
-            _int("training", f"lr_shift[{i}]", s, 0, 24)
-        lr_shift = tuple(shifts)
+    lr_multiplier, lr_shift = _read_learning_rate(trn, n_layers, ", one per layer", max_shift=24)
     epochs = _int("training", "epochs", trn.get("epochs", 10), 1, 100000)
     seed = _int("training", "seed", trn.get("seed", 0), 0, 2**32 - 1)
 

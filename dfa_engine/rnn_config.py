@@ -25,7 +25,7 @@ import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .config import (_read_formats, _read_rounding_no_stochastic, ACTIVATIONS, FEEDBACK_KINDS, FEEDBACK_STORAGE, FEEDBACK_VALUES, FORMAT_NAMES,
+from .config import (_read_formats, _read_learning_rate, _read_rounding_no_stochastic, ACTIVATIONS, FEEDBACK_KINDS, FEEDBACK_STORAGE, FEEDBACK_VALUES, FORMAT_NAMES,
                      ConfigError, EngineConfig, FeedbackConfig, Formats, _check_schema, _choice, _int, _is_int,
                      validate_formats)
 
@@ -179,25 +179,7 @@ def rnn_config_from_dict(data: dict) -> RNNEngineConfig:
 
     modes = _read_rounding_no_stochastic(rnd, "RNN")
 
-    lr_multiplier, lr_shift = None, ()
-    if "learning_rate" in trn and "lr_shift" in trn:
-        raise ConfigError("training.learning_rate", trn["learning_rate"],
-                          "conflicts with training.lr_shift; give one of them")
-    if "learning_rate" in trn:
-        lr = trn["learning_rate"]
-        if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (0 < lr < 1):
-            raise ConfigError("training.learning_rate", lr, "must be a number with 0 < learning_rate < 1")
-        lr_multiplier = float(lr)
-    else:
-        shifts = trn.get("lr_shift", 6)
-        if _is_int(shifts):
-            shifts = [shifts] * 2
-        if not isinstance(shifts, list) or len(shifts) != 2:
-            raise ConfigError("training.lr_shift", shifts,
-                              "must be an integer or a list of 2 integers: [recurrent layer, readout]")
-        for i, s in enumerate(shifts):
-            _int("training", f"lr_shift[{i}]", s, 0, 30)
-        lr_shift = tuple(shifts)
+    lr_multiplier, lr_shift = _read_learning_rate(trn, 2, ": [recurrent layer, readout]", max_shift=30)
 
     feedback = FeedbackConfig(
         kind=_choice("feedback", "kind", fbk.get("kind", "sparse"), FEEDBACK_KINDS),
