@@ -42,8 +42,19 @@ class SparseProjection(wiring.Component):
         ``mask``: the derivative mask; ``active``: lanes that hold a real neuron (the last
         group of a layer may be partial); inactive lanes give 0 and count no saturation.
     o : Out(stream.Signature(StructLayout{delta[P], saturated}))
-        One output transfer per input transfer (registered, one cycle of latency).
+        One output transfer per input transfer, :data:`LATENCY` cycles later when ``o``
+        is not stalled.
+
+    Two stages that advance together (a stall of ``o`` holds both): the first forms the
+    exact sum ``g`` (class multiplexer, shift, negation, adder), the second requantizes,
+    masks and counts saturations. In one cycle the chain limited the UP5K build to
+    28.3 MHz (``docs/boards.md``). The first stage's registers are attributes
+    (``s1_valid``, ``s1_g``, ``s1_keep``, ``s1_active``, and ``sum_frac``, the fraction
+    bits of ``s1_g``) so that the formal check can state what they hold.
     """
+
+    #: Cycles from an accepted input to its output while ``o`` is not stalled.
+    LATENCY = 2
 
     def __init__(self, cfg: EngineConfig, lanes: int):
         if cfg.feedback.kind != "sparse":
@@ -51,7 +62,18 @@ class SparseProjection(wiring.Component):
         if not isinstance(lanes, int) or lanes < 1:
             raise ValueError(f"Lane count must be a positive integer, not {lanes!r}")
         self._cfg, self._lanes = cfg, lanes
-        f, k, C = cfg.formats, cfg.feedback.k, cfg.n_classes
+        f, k, C, fb = cfg.formats, cfg.feedback.k, cfg.n_classes, cfg.feedback
+        # +-1 values: the sum of +-e is exact at the error's fraction bits, and requantizing
+        # it from there is the same value as from fe + ffb bits (the ffb extra bits are
+        # zero), without a rounding adder when the delta keeps the error's fraction
+        # (stochastic rounding draws its bits by the dropped width, so it keeps the wide sum)
+        self._narrow = fb.values == "pm1" and cfg.rounding_backward != "stochastic"
+        self.sum_frac = f.error.frac_bits + (0 if self._narrow else f.feedback.frac_bits)
+        self._g_width = f.error.width + (0 if self._narrow else f.feedback.width) + k.bit_length() + 1
+        self.s1_valid = Signal()
+        self.s1_g = [Signal(signed(self._g_width), name=f"s1_g{p}") for p in range(lanes)]
+        self.s1_keep = Signal(lanes)        # mask & active: the delta is kept
+        self.s1_active = Signal(lanes)
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "e": data.ArrayLayout(f.error.amaranth_shape(), C),
@@ -68,19 +90,16 @@ class SparseProjection(wiring.Component):
         cfg, f = self._cfg, self._cfg.formats
         k, fb = cfg.feedback.k, cfg.feedback
         ffb = f.feedback.frac_bits
-        # +-1 values: the sum of +-e is exact at the error's fraction bits, and requantizing
-        # it from there is the same value as from fe + ffb bits (the ffb extra bits are
-        # zero), without a rounding adder when the delta keeps the error's fraction
-        # (stochastic rounding draws its bits by the dropped width, so it keeps the wide sum)
-        narrow = fb.values == "pm1" and cfg.rounding_backward != "stochastic"
-        g_frac = f.error.frac_bits + (0 if narrow else ffb)
-        g_width = f.error.width + (0 if narrow else f.feedback.width) + k.bit_length() + 1
+        narrow, g_frac, g_width = self._narrow, self.sum_frac, self._g_width
         e = Array(self.i.payload.e[c] for c in range(cfg.n_classes))
-        m.d.comb += self.i.ready.eq(~self.o.valid | self.o.ready)
-        with m.If(self.o.valid & self.o.ready):
-            m.d.sync += self.o.valid.eq(0)
-        saturated = []
-        for p in range(self._lanes):
+        P = self._lanes
+        s1_valid, s1_keep, s1_active = self.s1_valid, self.s1_keep, self.s1_active
+        advance = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(advance)
+        with m.If(advance):
+            m.d.sync += [s1_valid.eq(self.i.valid), self.o.valid.eq(s1_valid)]
+        # stage 1: g = sum_j sign_j * value_j * e[index_j], exact
+        for p in range(P):
             terms = []
             for j in range(k):
                 ent = self.i.payload.entries[p][j]
@@ -96,22 +115,28 @@ class SparseProjection(wiring.Component):
                 term = Signal(signed(g_width), name=f"signed_term{p}_{j}")
                 m.d.comb += term.eq(Mux(ent.sign, -mag, mag))
                 terms.append(term)
-            g = Signal(signed(g_width), name=f"g{p}")
             total = terms[0]
             for t in terms[1:]:
                 total = total + t
-            m.d.comb += g.eq(total)
+            with m.If(advance):
+                m.d.sync += self.s1_g[p].eq(total)
+        with m.If(advance):
+            m.d.sync += [s1_keep.eq(self.i.payload.mask & self.i.payload.active),
+                         s1_active.eq(self.i.payload.active)]
+        # stage 2: requantize, mask, count the saturated lanes
+        saturated = []
+        for p in range(P):
             rq = Requantize(g_width, g_frac, f.delta, cfg.rounding_backward)
             m.submodules[f"requant{p}"] = rq
-            m.d.comb += rq.i.eq(g)
-            with m.If(self.i.valid & self.i.ready):
-                m.d.sync += self.o.payload.delta[p].eq(Mux(self.i.payload.mask[p] & self.i.payload.active[p], rq.o, 0))
-            saturated.append(rq.saturated & self.i.payload.active[p])
+            m.d.comb += rq.i.eq(self.s1_g[p])
+            with m.If(advance):
+                m.d.sync += self.o.payload.delta[p].eq(Mux(s1_keep[p], rq.o, 0))
+            saturated.append(rq.saturated & s1_active[p])
         count = Signal.like(self.o.payload.saturated)
         total = saturated[0]
         for s in saturated[1:]:
             total = total + s
         m.d.comb += count.eq(total)
-        with m.If(self.i.valid & self.i.ready):
-            m.d.sync += [self.o.valid.eq(1), self.o.payload.saturated.eq(count)]
+        with m.If(advance):
+            m.d.sync += self.o.payload.saturated.eq(count)
         return m
