@@ -15,6 +15,8 @@ from amaranth.back import verilog
 from dfa_engine.config import ConfigError, EngineConfig
 from dfa_engine.feedback import initial_parameters
 from dfa_engine.hdl.engine import COUNTERS, Engine, address_layout
+from dfa_engine.hdl.feedback import SparseProjection
+from dfa_engine.hdl.mac import MACArray
 from dfa_engine.hdl.update import UPDATE_LATENCY
 from dfa_engine.tables import EXP_FRAC_BITS, exp_table
 
@@ -52,7 +54,7 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
         # single-port: lat_w reads, then their lat_w write-backs stall the issue
         return w + lat_w * ((w - 1) // lat_w) if (single_port and writes) else w
     # a one-pass forward pass drains the update unit's stages too
-    fwd_drain = drain + 2     # the MAC's product stage and the result register
+    fwd_drain = drain + 1 + MACArray.PRODUCT_STAGES     # the MAC's stages and the result register
     fwd = sum(pass_cycles(words[l], one_pass) + fwd_drain + (lat if one_pass else 0) for l in range(L))
     fwd_infer = sum(words[l] + fwd_drain + (lat if one_pass else 0) for l in range(L))
     # output error: start, max (C), exp (C + 3: a 3-stage pipeline), divide (33), then per class a load, a
@@ -60,7 +62,14 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     ew = EXP_FRAC_BITS + 1
     err = 1 + (C - 1) + 1 + C + 3 + 33 + C * (ew + 3) + 1 + 1
     delta_out = groups[-1]
-    dfa = max([groups[l] + 2 for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
+    # a sparse layer issues one group a cycle into the projection's pipeline
+    # (SparseProjection.LATENCY); a dense one a group every C cycles (one class each) into
+    # its MAC array, whose result the next cycle writes
+    if cfg.feedback.kind == "sparse":
+        dfa_layer = [groups[l] + 1 + SparseProjection.LATENCY for l in range(L - 1)]
+    else:
+        dfa_layer = [groups[l] * C + 2 for l in range(L - 1)]
+    dfa = max([dfa_layer[l] for l in range(L - 1) if cfg.methods[l] == "dfa"], default=0) + 1
     # DELTA_BP_NEXT visits each hidden layer once (top down); a BP layer adds its
     # transposed pass and drain
     bp = sum(n[l + 1] * groups[l + 1] + drain for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1)

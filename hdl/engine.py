@@ -38,7 +38,7 @@ from dfa_engine.lfsr import seed_state
 from .arith import LFSRDraw, Requantize, times_const
 from .feedback import SparseProjection, entry_layout
 from .mac import MACArray
-from .memory import SinglePortRAM, is_ice40_up, spram_plan
+from .memory import DelayLine, SinglePortRAM, is_ice40_up, spram_plan
 from .output_error import OutputError
 from .update import UPDATE_LATENCY, UpdateLanes
 
@@ -446,17 +446,34 @@ class Engine(wiring.Component):
                 aligned_lanes.append(al)
             return Cat(*aligned_lanes)
 
+        def delay_valid(src, dst, depth, name):
+            """``dst`` = ``src`` ``depth`` cycles ago, in registers that reset (valid and
+            write-enable bits)."""
+            for k in range(depth):
+                reg = dst if k == depth - 1 else Signal.like(src, name=f"{name}{k}")
+                m.d.sync += reg.eq(src)
+                src = reg
+
+        def delay_data(srcs, dsts, depth, name):
+            """``dsts`` = ``srcs`` ``depth`` cycles ago: data beside a bit of
+            :func:`delay_valid`, so in a :class:`DelayLine` (a block RAM where logic cells
+            are scarce: single-port weights, the UP5K)."""
+            dl = DelayLine(sum(len(v) for v in srcs), depth, in_memory=single_port, name=name)
+            m.submodules[name] = dl
+            m.d.comb += dl.i.eq(Cat(*srcs))
+            pos = 0
+            for d in dsts:
+                m.d.comb += d.eq(dl.o[pos:pos + len(d)])
+                pos += len(d)
+
         # The MAC stage of the one-pass forward: the MAC multiplies the weights as the update
         # unit leaves them (the pending update applied), UPDATE_LATENCY cycles after stage 2.
         s3_valid, s3_first, s3_last = Signal(), Signal(), Signal()
         s3_g, s3_layer, s3_x = Signal.like(g), Signal.like(layer), Signal(x_shape)
         if one_pass:
-            stage = [s2_valid & fwd_active, s2_first, s2_last, s2_g, s2_layer, x_sel]
-            for k in range(UPDATE_LATENCY):
-                regs = ([s3_valid, s3_first, s3_last, s3_g, s3_layer, s3_x] if k == UPDATE_LATENCY - 1 else
-                        [Signal.like(v, name=f"mac_stage{k}_{i}") for i, v in enumerate(stage)])
-                m.d.sync += [r.eq(v) for r, v in zip(regs, stage)]
-                stage = regs
+            delay_valid(s2_valid & fwd_active, s3_valid, UPDATE_LATENCY, "mac_stage_valid")
+            delay_data([s2_first, s2_last, s2_g, s2_layer, x_sel], [s3_first, s3_last, s3_g, s3_layer, s3_x],
+                       UPDATE_LATENCY, "mac_stage")
             m.d.comb += [mac.i.payload.w.eq(upd.o.payload.w.as_value()),
                          mac.i.payload.bias.eq(Array(aligned_bias(upd_b.o.payload.w.as_value(), l)
                                                      for l in range(L))[s3_layer]),
@@ -586,8 +603,14 @@ class Engine(wiring.Component):
                              pr.i.valid.eq(dfa_s2[l])]
                 act_bits = [(times_const(dfa_s2g[l], P) + p) < n[l + 1] for p in range(P)]
                 m.d.comb += pr.i.payload.active.eq(Cat(*act_bits))
-                with m.If(pr.i.valid):
-                    m.d.sync += dfa_out_g[l].eq(dfa_s2g[l])
+                # o.ready is always high: a delta leaves the unit LATENCY cycles after its
+                # group went in, and its group number follows it through as many registers
+                tag = dfa_s2g[l]
+                for stage in range(SparseProjection.LATENCY - 1):
+                    nxt = Signal.like(g, name=f"dfa_tag{l + 1}_{stage}")
+                    m.d.sync += nxt.eq(tag)
+                    tag = nxt
+                m.d.sync += dfa_out_g[l].eq(tag)
                 with m.If(pr.o.valid):
                     m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(pr.o.payload.delta.as_value()),
                                  d_wr[l].en.eq((1 << P) - 1)]
@@ -730,14 +753,9 @@ class Engine(wiring.Component):
                 m.d.sync += in_we.eq(Array(Const(1 << l, L) for l in range(L))[s2_layer])
         out_we = Signal(L, name="upd_we")
         # ... and follow the word through the rest of the update unit's pipeline
-        stage = [in_addr, in_g, in_layer, in_we]
-        for k in range(UPDATE_LATENCY - 1):
-            regs = ([out_addr, out_g, out_layer, out_we] if k == UPDATE_LATENCY - 2 else
-                    [Signal.like(v, name=f"upd_stage{k}_{i}") for i, v in enumerate(stage)])
-            m.d.sync += [r.eq(v) for r, v in zip(regs, stage)]
-            stage = regs
-        if UPDATE_LATENCY == 1:
-            m.d.comb += [out_addr.eq(in_addr), out_g.eq(in_g), out_layer.eq(in_layer), out_we.eq(in_we)]
+        assert UPDATE_LATENCY >= 2
+        delay_valid(in_we, out_we, UPDATE_LATENCY - 1, "upd_stage_we")
+        delay_data([in_addr, in_g, in_layer], [out_addr, out_g, out_layer], UPDATE_LATENCY - 1, "upd_stage")
         w_write = Signal()
         m.d.comb += w_write.eq(out_we.any())
         # host writes of a weight (HOST_READ): a register per layer, set by HOST_ISSUE
@@ -803,12 +821,15 @@ class Engine(wiring.Component):
         mac_in_first, mac_in_g, mac_in_layer = ((s3_valid & s3_first, s3_g, s3_layer) if one_pass
                                                 else (s2_valid & s2_first, s2_g, s2_layer))
         # the group whose sums the MAC emits next: taken as its first element leaves the
-        # MAC's product stage (a cycle after it entered)
-        res_first = Signal(name="res_first")
-        res_src_g, res_src_layer = Signal.like(g, name="res_src_g"), Signal.like(layer, name="res_src_layer")
-        m.d.sync += [res_first.eq(mac_in_first), res_src_g.eq(mac_in_g), res_src_layer.eq(mac_in_layer)]
-        # the last group's results: the MAC's two stages, the result register, the write
-        fwd_drain_cycles = 5 + UPDATE_LATENCY if one_pass else 5
+        # MAC's operand and product stages (PRODUCT_STAGES cycles after it entered)
+        res_first, res_src_g, res_src_layer = mac_in_first, mac_in_g, mac_in_layer
+        for stage in range(MACArray.PRODUCT_STAGES):
+            nxt = (Signal(name=f"res_first{stage}"), Signal.like(g, name=f"res_src_g{stage}"),
+                   Signal.like(layer, name=f"res_src_layer{stage}"))
+            m.d.sync += [nxt[0].eq(res_first), nxt[1].eq(res_src_g), nxt[2].eq(res_src_layer)]
+            res_first, res_src_g, res_src_layer = nxt
+        # the last group's results: the MAC's stages, the result register, the write
+        fwd_drain_cycles = (4 + MACArray.PRODUCT_STAGES) + (UPDATE_LATENCY if one_pass else 0)
         assert max(fwd_drain_cycles, 2 + UPDATE_LATENCY) < 16      # the drain counter's range
 
         with m.FSM() as fsm:

@@ -32,9 +32,11 @@ class MACArray(wiring.Component):
     bias_shape : Shape
         Shape of each lane's bias, already aligned to the accumulator's fraction bits.
     product_stage : bool
-        Register the products (a DSP's output register) before they are accumulated: one
-        more cycle of latency, and the multiplier and the accumulator's adder are no
-        longer one combinational path (the engine's forward MAC).
+        Register the operands and the products (a DSP's input and pipeline registers)
+        before they are accumulated: :attr:`PRODUCT_STAGES` more cycles of latency, the
+        multiplier is a path from registers to a register (on the iCE40, nextpnr times an
+        SB_MAC16 only when its registers are used), and the multiplier and the
+        accumulator's adder are no longer one combinational path (the engine's forward MAC).
 
     Members
     -------
@@ -43,6 +45,9 @@ class MACArray(wiring.Component):
     o : Out(stream.Signature(ArrayLayout(signed(acc_width), P)))
         One transfer per ``last`` input: the sums of the row group.
     """
+
+    #: Cycles the operands and the products spend in registers with ``product_stage``.
+    PRODUCT_STAGES = 2
 
     def __init__(self, *, lanes: int, x_shape, w_shape, acc_width: int, bias_shape, product_stage: bool = False):
         if not isinstance(lanes, int) or lanes < 1:
@@ -80,18 +85,28 @@ class MACArray(wiring.Component):
             terms = [p_in.w[p] * p_in.x for p in range(self._lanes)]
             biases = [p_in.bias[p] for p in range(self._lanes)]
         else:
-            # the product stage and the accumulator advance together (stall as one)
+            # the operand and product stages and the accumulator advance together (stall as
+            # one). The data registers have no reset and exactly the operands' and the
+            # product's widths: synthesis then moves them into the DSP (yosys ice40_dsp
+            # takes a register only if its whole wire has one initial value).
             advance = ~self.o.valid | self.o.ready
             m.d.comb += self.i.ready.eq(advance)
             with m.If(self.o.valid & self.o.ready):
                 m.d.sync += self.o.valid.eq(0)
+            r_valid, r_first, r_last = Signal(name="opnd_valid"), Signal(name="opnd_first"), Signal(name="opnd_last")
+            x_r = Signal.like(p_in.x, name="opnd_x", reset_less=True)
+            w_r = [Signal.like(p_in.w[p], name=f"opnd_w{p}", reset_less=True) for p in range(self._lanes)]
+            bias_r = [Signal.like(p_in.bias[p], name=f"opnd_bias{p}", reset_less=True) for p in range(self._lanes)]
             q_valid, first, last = Signal(name="prod_valid"), Signal(name="prod_first"), Signal(name="prod_last")
-            terms = [Signal(signed(len(p_in.w[p]) + len(p_in.x) + 1), name=f"prod{p}") for p in range(self._lanes)]
-            biases = [Signal.like(p_in.bias[p], name=f"prod_bias{p}") for p in range(self._lanes)]
+            terms = [Signal((w_r[p] * x_r).shape(), name=f"prod{p}", reset_less=True) for p in range(self._lanes)]
+            biases = [Signal.like(p_in.bias[p], name=f"prod_bias{p}", reset_less=True) for p in range(self._lanes)]
             with m.If(advance):
-                m.d.sync += [q_valid.eq(self.i.valid), first.eq(p_in.first), last.eq(p_in.last)]
-                m.d.sync += [t.eq(p_in.w[p] * p_in.x) for p, t in enumerate(terms)]
-                m.d.sync += [b.eq(p_in.bias[p]) for p, b in enumerate(biases)]
+                m.d.sync += [r_valid.eq(self.i.valid), r_first.eq(p_in.first), r_last.eq(p_in.last), x_r.eq(p_in.x)]
+                m.d.sync += [w.eq(p_in.w[p]) for p, w in enumerate(w_r)]
+                m.d.sync += [b.eq(p_in.bias[p]) for p, b in enumerate(bias_r)]
+                m.d.sync += [q_valid.eq(r_valid), first.eq(r_first), last.eq(r_last)]
+                m.d.sync += [t.eq(w_r[p] * x_r) for p, t in enumerate(terms)]
+                m.d.sync += [b.eq(bias_r[p]) for p, b in enumerate(biases)]
             valid = q_valid & advance
         with m.If(valid):
             for p in range(self._lanes):

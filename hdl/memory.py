@@ -161,3 +161,45 @@ class SinglePortRAM(Elaboratable):
                     with m.Case(r):
                         m.d.comb += self.rd_data.eq(row_words[r])
         return m
+
+
+class DelayLine(Elaboratable):
+    """``o`` is ``i`` of ``depth`` cycles ago, every cycle (no enable, no reset: it carries
+    data whose valid bit travels beside it in a register that does reset).
+
+    ``in_memory``: a RAM written at a pointer that advances every cycle and read
+    ``depth - 1`` entries behind it (a synchronous read adds the last cycle), instead of
+    ``depth`` registers per bit. On the iCE40 UP5K the engine's logic cells run out before
+    its block RAMs, and a register whose input is another register costs a logic cell of
+    its own; a delay line of 24 bits x 4 cycles is 96 of them, or 2 block RAMs and a
+    pointer. The engine uses it where ``hardware.memory = "spram"``."""
+
+    def __init__(self, width: int, depth: int, *, in_memory: bool, name: str = "delay"):
+        if not isinstance(depth, int) or depth < 1:
+            raise ValueError(f"{name}: depth must be a positive integer, not {depth!r}")
+        self.width, self.depth, self.in_memory = width, depth, in_memory and depth >= 2
+        self.i = Signal(width, name=f"{name}_i")
+        self.o = Signal(width, name=f"{name}_o")
+        self._name = name
+
+    def elaborate(self, platform):
+        m = Module()
+        if not self.in_memory:
+            stage = self.i
+            for k in range(self.depth):
+                reg = Signal(self.width, name=f"{self._name}_{k}", reset_less=True)
+                m.d.sync += reg.eq(stage)
+                stage = reg
+            m.d.comb += self.o.eq(stage)
+            return m
+        # entries: a power of two above depth - 1, so the pointers wrap by themselves and
+        # the entry read is never the one written in the same cycle
+        size = 1 << max(1, self.depth.bit_length())
+        m.submodules.mem = mem = memory.Memory(shape=self.width, depth=size, init=[],
+                                               attrs={"ram_style": "block"})
+        rd, wr = mem.read_port(transparent_for=()), mem.write_port()
+        ptr = Signal(range(size), name=f"{self._name}_ptr", reset_less=True)
+        m.d.sync += ptr.eq(ptr + 1)
+        m.d.comb += [wr.addr.eq(ptr), wr.data.eq(self.i), wr.en.eq(1),
+                     rd.addr.eq(ptr - (self.depth - 1)), rd.en.eq(1), self.o.eq(rd.data)]
+        return m

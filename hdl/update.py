@@ -20,10 +20,12 @@ from .arith import Requantize
 
 __all__ = ["UpdateLanes", "UPDATE_LATENCY"]
 
-#: Cycles from an accepted input to its output: the product (a DSP, registered); the
-#: alignment, rounding and saturation of ``dW``; the subtraction and the clamp (in one
-#: cycle this chain limited the engine to 19 MHz on the UP5K and 44 MHz on the ECP5).
-UPDATE_LATENCY = 3
+#: Cycles from an accepted input to its output: the input registers; the product (a DSP
+#: with registered inputs and output); the alignment, rounding and saturation of ``dW``;
+#: the subtraction and the clamp (in one cycle this chain limited the engine to 19 MHz on
+#: the UP5K and 44 MHz on the ECP5; an iCE40 SB_MAC16 without input registers is left out
+#: of nextpnr's timing analysis, docs/boards.md).
+UPDATE_LATENCY = 4
 
 
 class UpdateLanes(wiring.Component):
@@ -104,31 +106,41 @@ class UpdateLanes(wiring.Component):
         # = floor((x + r) / 2^s), so the result equals the per-layer rounding bit for bit.
         frac = max(prod_fracs)
         aligns = [frac - pf for pf in prod_fracs]
-        h = Const(1, 1) if self._for_bias else self.i.payload.h
-        h_width = len(h)
-        prod_width = f.delta.width + h_width + lr_width + 2
+        # Stage I registers the input, so that the multiplier's operands come from
+        # registers. The operand and product registers have no reset and exactly the
+        # operands' and the product's widths: synthesis then moves them into the DSP (an
+        # SB_MAC16's registers have no synchronous reset, and yosys ice40_dsp takes a
+        # register only if its whole wire has one initial value).
+        pin = Signal.like(self.i.payload, name="pin")
+        delta_r = [Signal.like(self.i.payload.delta[p], name=f"opnd_delta{p}", reset_less=True)
+                   for p in range(self._lanes)]
+        h = Const(1, 1) if self._for_bias else Signal.like(self.i.payload.h, name="opnd_h", reset_less=True)
+        products = [delta_r[p] * h if lr_raw == 1 else delta_r[p] * h * lr_raw for p in range(self._lanes)]
+        prod_width = len(products[0])
         aligned_width = prod_width + max(aligns)
-        # Three stages that advance together: A holds the products (and the weights, layer
-        # and random words that go with them), B the rounded and saturated dW, then the
-        # outputs.
+        # Four stages that advance together: I holds the input, A the products (and the
+        # weights, layer and random words that go with them), B the rounded and saturated
+        # dW, then the outputs.
         advance = ~self.o.valid | self.o.ready
         m.d.comb += self.i.ready.eq(advance)
-        a_valid, b_valid = Signal(), Signal()
+        i_valid, a_valid, b_valid = Signal(), Signal(), Signal()
         with m.If(advance):
-            m.d.sync += [a_valid.eq(self.i.valid), b_valid.eq(a_valid), self.o.valid.eq(b_valid)]
+            m.d.sync += [i_valid.eq(self.i.valid), a_valid.eq(i_valid), b_valid.eq(a_valid),
+                         self.o.valid.eq(b_valid), pin.eq(self.i.payload)]
+            m.d.sync += [d.eq(self.i.payload.delta[p]) for p, d in enumerate(delta_r)]
+            if not self._for_bias:
+                m.d.sync += h.eq(self.i.payload.h)
         sat_u, sat_w = [], []
         fire = advance & b_valid         # the output stage takes stage B's contents
         sel = Signal.like(self.i.payload.layer, name="a_layer") if self._shared else 0
         if self._shared:
             with m.If(advance):
-                m.d.sync += sel.eq(self.i.payload.layer)
+                m.d.sync += sel.eq(pin.layer)
         for p in range(self._lanes):
-            prod_now = Signal(signed(prod_width), name=f"prod_in{p}")
-            m.d.comb += prod_now.eq(self.i.payload.delta[p] * h * lr_raw)
-            prod = Signal(signed(prod_width), name=f"prod{p}")
+            prod = Signal(products[p].shape(), name=f"prod{p}", reset_less=True)
             w_a = Signal(w_fmt.amaranth_shape(), name=f"w_a{p}")
             with m.If(advance):
-                m.d.sync += [prod.eq(prod_now), w_a.eq(self.i.payload.w[p])]
+                m.d.sync += [prod.eq(products[p]), w_a.eq(pin.w[p])]
             aligned = Signal(signed(aligned_width), name=f"aligned{p}")
             rq = Requantize(aligned_width, frac, d_fmt, cfg.rounding_update)
             m.submodules[f"requant{p}"] = rq
@@ -143,7 +155,7 @@ class UpdateLanes(wiring.Component):
             if cfg.rounding_update == "stochastic":
                 rand_a = Signal(32, name=f"rand_a{p}")
                 with m.If(advance):
-                    m.d.sync += rand_a.eq(self.i.payload.rand[p])
+                    m.d.sync += rand_a.eq(pin.rand[p])
                 shifts = [pf - d_fmt.frac_bits for pf in prod_fracs]
                 with m.Switch(sel):
                     for li, (k, s) in enumerate(zip(aligns, shifts)):

@@ -1,7 +1,9 @@
+# amaranth: UnusedElaboratable=no
 """The single-port weight memory (``hdl/memory.py``) in the Amaranth simulator: the SPRAM
 tiling (rows by address, columns by width, every tile selected, writes steered by the
 write address's row) against a plain dictionary, with the tile primitive replaced by its
-behavioural model; and ``times_const``, the multiplier-free address arithmetic."""
+behavioural model; the delay line (registers or a RAM); and ``times_const``, the
+multiplier-free address arithmetic."""
 
 import random
 
@@ -10,7 +12,7 @@ from amaranth.hdl import Const, Module, Signal
 from amaranth.sim import Simulator
 
 from dfa_engine.hdl.arith import times_const
-from dfa_engine.hdl.memory import SPRAM_DEPTH, SinglePortRAM, SPRAMTileModel
+from dfa_engine.hdl.memory import SPRAM_DEPTH, DelayLine, SinglePortRAM, SPRAMTileModel
 
 
 def _run_random_traffic(ram, depth, width, cycles, seed):
@@ -126,3 +128,32 @@ def test_times_const_is_the_product(c):
 def test_times_const_rejects_a_negative_constant():
     with pytest.raises(ValueError, match="times_const: the constant must be an integer >= 0, not -3"):
         times_const(Const(1, 4), -3)
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+@pytest.mark.parametrize("depth", [1, 2, 3, 4, 7, 8])
+def test_delay_line_gives_the_input_of_depth_cycles_ago(depth, in_memory):
+    """Random words every cycle, for many times the pointer's wrap: the output at cycle t
+    is the input of cycle t - depth (checked from the first cycle whose input exists)."""
+    rng = random.Random(depth)
+    dut = DelayLine(13, depth, in_memory=in_memory)
+    words = [rng.getrandbits(13) for _ in range(200)]
+    seen = []
+
+    async def bench(ctx):
+        for w in words:
+            ctx.set(dut.i, w)
+            seen.append(ctx.get(dut.o))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen[depth:] == words[:len(words) - depth]
+    assert dut.in_memory == (in_memory and depth >= 2)
+
+
+def test_delay_line_rejects_a_depth_below_one():
+    with pytest.raises(ValueError, match="depth must be a positive integer, not 0"):
+        DelayLine(4, 0, in_memory=True)

@@ -142,7 +142,7 @@ def test_rtl_directed_port_cases(case):
     assert (out["tests"], out["failed"]) == (1, 0), out["log"]
 
 
-@pytest.mark.parametrize("name", ["dfa-k1-P4-one-pass", "dfa-k1-P4-single-port", "bp-P1-multiplier"])
+@pytest.mark.parametrize("name", ["dfa-k1-P4-one-pass", "dfa-k1-P4-single-port", "bp-P1-multiplier", "dense-P4"])
 def test_rtl_cycles_per_sample_equal_the_cycle_model(name):
     """Without idle or backpressure, the cycles between consecutive training results are
     exactly the cycle model's (``estimate_cycles``), for dual- and single-port weights."""
