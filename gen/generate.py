@@ -57,10 +57,11 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     fwd_drain = drain + 1 + MACArray.PRODUCT_STAGES     # the MAC's stages and the result register
     fwd = sum(pass_cycles(words[l], one_pass) + fwd_drain + (lat if one_pass else 0) for l in range(L))
     fwd_infer = sum(words[l] + fwd_drain + (lat if one_pass else 0) for l in range(L))
-    # output error: start, max (C), exp (C + 3: a 3-stage pipeline), divide (33), then per class a load, a
+    # output error: start, max (C + 1: one class read a cycle, compared the next), exp
+    # (C + 4: a 4-stage pipeline), divide (33), then per class a read, a load, a
     # shift-and-add multiply (one bit of E a cycle), a rounding and a store
     ew = EXP_FRAC_BITS + 1
-    err = 1 + (C - 1) + 1 + C + 3 + 33 + C * (ew + 3) + 1 + 1
+    err = 1 + (C + 1) + C + 4 + 33 + C * (ew + 4) + 1 + 1
     delta_out = groups[-1]
     # a sparse layer issues one group a cycle into the projection's pipeline
     # (SparseProjection.LATENCY); a dense one a group every C cycles (one class each) into

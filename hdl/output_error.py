@@ -3,16 +3,16 @@
 Sequential and small: one class per cycle for the maximum, one per cycle for the exp-table
 look-up and the sum, a 1-bit-per-cycle restoring divider for ``R = floor(2^31 / S)``, and
 for each class a shift-and-add multiplication ``E R`` (one bit of ``E`` a cycle) for
-``p = round(E R)``. About ``(E_bits + 5) C + 38`` cycles per sample, next to the thousands
+``p = round(E R)``. About ``(E_bits + 6) C + 41`` cycles per sample, next to the thousands
 of the MAC passes, and no multiplier: on the iCE40 UP5K the 8 DSPs all go to the lanes.
-The unit owns the logits (written by the engine, ``P`` a cycle, as the MAC array produces
-them) and the output error registers (read by the engine until the next start), so neither
-is held twice. The prediction (first maximum) falls out of the first pass.
+The unit owns the logits (in a small RAM, written by the engine, ``P`` a cycle, as the MAC
+array produces them) and the output error registers (read by the engine until the next
+start), so neither is held twice. The prediction (first maximum) falls out of the first pass.
 """
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -35,7 +35,7 @@ class OutputError(wiring.Component):
     -------
     y_wr : In(StructLayout{en, group, value: ArrayLayout(activation, lanes)})
         When ``en``: ``y[group * lanes + p] = value[p]`` for every ``p`` below ``C``. Not
-        between a transfer on ``i`` and the next on ``o``: the logit registers hold the
+        between a transfer on ``i`` and the next on ``o``: the logits' RAM holds the
         exp values meanwhile (the engine waits for ``o`` before its next forward pass).
     i : In(stream.Signature(StructLayout{label}))
         Starts the computation on the logits written so far.
@@ -77,17 +77,32 @@ class OutputError(wiring.Component):
         # the UP5K)
         rd = table.read_port()
 
-        # One register per class holds its logit until the EXP pass has read it, then its
-        # exp value E_c (the EXP pass writes E two classes behind the one it reads, and no
-        # logit is needed after that): the logits and the exp values share C registers.
+        # One RAM word per group of P classes (the engine writes P logits a cycle) holds
+        # each class's logit until the EXP pass has read it, then its exp value E_c (the
+        # EXP pass writes E three classes behind the one it reads, one lane of a word, and
+        # no logit is needed after that). A RAM, not C registers and their multiplexers:
+        # on the UP5K the logic cells run out first. Reads are synchronous: the word of
+        # class ``idx`` is read every cycle, and ``v_sel`` shows class ``idx_q`` (the
+        # ``idx`` of the cycle before).
         ew = EXP_FRAC_BITS + 1
+        vw = max(act.width, ew)
+        P = self._lanes
+        n_words = -(-C // P)
         idx = Signal(range(C + 1))
-        v = Array(Signal(max(act.width, ew), name=f"yE{c}") for c in range(C))
-        v_sel = Signal(len(v[0]))
-        y_sel = Signal(act.amaranth_shape())        # the logit of class idx
-        E_sel = Signal(ew)                          # the exp value of class idx
-        m.d.comb += [v_sel.eq(v[idx]), y_sel.eq(v_sel[:act.width]), E_sel.eq(v_sel[:ew])]
-        y0 = v[0][:act.width].as_signed()
+        idx_q = Signal(range(C + 1))
+        m.d.sync += idx_q.eq(idx)
+        m.submodules.store = store = memory.Memory(shape=P * vw, depth=max(n_words, 2), init=[])
+        st_rd = store.read_port(transparent_for=())
+        st_wr = store.write_port(granularity=vw)
+        word_of = Array(Const(min(c, C - 1) // P, range(max(n_words, 2))) for c in range(C + 1))
+        lane_of = Array(Const(min(c, C - 1) % P, range(max(P, 2))) for c in range(C + 1))
+        m.d.comb += st_rd.addr.eq(word_of[idx])
+        v_lanes = Array(st_rd.data[p * vw:(p + 1) * vw] for p in range(P))
+        v_sel = Signal(vw)
+        y_sel = Signal(act.amaranth_shape())        # the logit of class idx_q
+        E_sel = Signal(ew)                          # the exp value of class idx_q
+        m.d.comb += [v_sel.eq(v_lanes[lane_of[idx_q]] if P > 1 else st_rd.data),
+                     y_sel.eq(v_sel[:act.width]), E_sel.eq(v_sel[:ew])]
         label = Signal(self._idx_w)
         ymax = Signal(act.amaranth_shape())
         pred = Signal(self._idx_w)
@@ -98,22 +113,21 @@ class OutputError(wiring.Component):
         bit = Signal(range(RECIP_BITS + 2))
         sat_count = Signal(self._idx_w + 1)
 
-        # logits, P a cycle, from the engine
-        P = self._lanes
+        # logits, P a cycle, from the engine (a whole word); the EXP pass writes one lane
         with m.If(self.y_wr.en):
-            for gg in range(-(-C // P)):
-                with m.If(self.y_wr.group == gg):
-                    for p in range(P):
-                        if gg * P + p < C:
-                            m.d.sync += v[gg * P + p].eq(self.y_wr.value[p])
+            m.d.comb += [st_wr.addr.eq(self.y_wr.group), st_wr.en.eq((1 << P) - 1),
+                         st_wr.data.eq(Cat(*(Cat(self.y_wr.value[p].as_unsigned(), Const(0, vw - act.width))
+                                             for p in range(P))))]
 
         d = Signal(act.width + 1)
         m.d.comb += d.eq(ymax - y_sel)
         k = Signal(len(d))
         m.d.comb += k.eq(d >> (act.frac_bits - cfg.softmax_table_frac_bits))
-        # EXP pipeline: stage 1 registers the table index of class idx; stage 2 reads the
-        # table; stage 3 adds the entry (0 past the table's end) to S.
+        # EXP pipeline: stage 0 reads class idx from the RAM; stage 1 registers the table
+        # index of that class (idx_q); stage 2 reads the table; stage 3 adds the entry (0
+        # past the table's end) to S and writes it over the class's logit.
         k_q = Signal(range(N), name="exp_k")
+        v0 = Signal(name="exp_v0")         # a class read was issued the cycle before (MAX, EXP)
         v1, in1, idx1 = Signal(name="exp_v1"), Signal(name="exp_in1"), Signal(range(C + 1), name="exp_idx1")
         v2, in2, idx2 = Signal(name="exp_v2"), Signal(name="exp_in2"), Signal(range(C + 1), name="exp_idx2")
         m.d.comb += rd.addr.eq(k_q)
@@ -150,23 +164,31 @@ class OutputError(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [label.eq(self.i.payload.label), idx.eq(1), ymax.eq(y0), pred.eq(0)]
+                    m.d.sync += [label.eq(self.i.payload.label), idx.eq(0), pred.eq(0)]
                     m.next = "MAX"
             with m.State("MAX"):
+                # class idx is read; class idx_q (read the cycle before) is compared; the
+                # first maximum wins, class 0 is taken as it comes
+                m.d.sync += v0.eq(idx != C)
+                with m.If(v0 & ((idx_q == 0) | (y_sel > ymax))):
+                    m.d.sync += [ymax.eq(y_sel), pred.eq(idx_q)]
                 with m.If(idx == C):
-                    m.d.sync += [idx.eq(0), S.eq(0)]
+                    m.d.sync += [idx.eq(0), S.eq(0), v0.eq(0)]
                     m.next = "EXP"
                 with m.Else():
-                    with m.If(y_sel > ymax):
-                        m.d.sync += [ymax.eq(y_sel), pred.eq(idx)]
                     m.d.sync += idx.eq(idx + 1)
             with m.State("EXP"):
-                m.d.sync += [v1.eq(idx != C), v2.eq(v1), in2.eq(in1), idx2.eq(idx1)]
+                m.d.sync += [v0.eq(idx != C), v1.eq(v0), v2.eq(v1), in2.eq(in1), idx2.eq(idx1)]
                 with m.If(idx != C):
-                    m.d.sync += [k_q.eq(k[:len(k_q)]), in1.eq(k < N), idx1.eq(idx), idx.eq(idx + 1)]
+                    m.d.sync += idx.eq(idx + 1)
+                with m.If(v0):
+                    m.d.sync += [k_q.eq(k[:len(k_q)]), in1.eq(k < N), idx1.eq(idx_q)]
                 with m.If(v2):
-                    m.d.sync += [v[idx2].eq(e_now), S.eq(S + e_now)]
-                with m.If((idx == C) & ~v1 & ~v2):
+                    m.d.comb += [st_wr.addr.eq(word_of[idx2]), st_wr.en.eq(1 << lane_of[idx2] if P > 1 else 1),
+                                 st_wr.data.eq(e_now.replicate(P) if vw == ew else
+                                               Cat(e_now, Const(0, vw - ew)).replicate(P))]
+                    m.d.sync += S.eq(S + e_now)
+                with m.If((idx == C) & ~v0 & ~v1 & ~v2):
                     m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1)]
                     m.next = "DIV"
             with m.State("DIV"):
@@ -183,13 +205,16 @@ class OutputError(wiring.Component):
                         m.d.sync += [rem.eq(trial), quo.eq(quo << 1)]
                     m.d.sync += bit.eq(bit - 1)
             with m.State("PROB"):
+                # (class idx is read this cycle; its E is in v_sel the next)
                 with m.If(idx == C):
                     m.d.sync += [self.o.valid.eq(1), self.o.payload.prediction.eq(pred),
                                  self.o.payload.saturated.eq(sat_count)]
                     m.next = "OUT"
                 with m.Else():
-                    m.d.sync += [acc.eq(0), mul_e.eq(E_sel), step.eq(0), hit.eq(idx == label)]
-                    m.next = "MUL"
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                m.d.sync += [acc.eq(0), mul_e.eq(E_sel), step.eq(0), hit.eq(idx == label)]
+                m.next = "MUL"
             with m.State("MUL"):
                 m.d.sync += [acc.eq(Cat(acc[1:ew], added)), mul_e.eq(mul_e >> 1), step.eq(step + 1)]
                 with m.If(step == ew - 1):

@@ -89,7 +89,8 @@ def test_cli_build_refuses_a_configuration_that_cannot_fit(tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
-        "error: memory: needs 1,668,736 bits; the iCE40UP5K has 1,171,456 "
+        # (with the output-error unit's class store: 2 words x 16 lanes x 16 bits)
+        "error: memory: needs 1,669,248 bits; the iCE40UP5K has 1,171,456 "
         "(30 x 4,096 in SB_RAM40_4K + 4 x 262,144 in SPRAM)"]
     assert not (tmp_path / "out" / "dfa_top.json").exists()
 
