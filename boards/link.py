@@ -145,6 +145,9 @@ class HostLink(wiring.Component):
         x_wr = x_buf.write_port()
         x_rd = x_buf.read_port()
 
+        # high outside IDLE: a register beside the FSM's state (set where IDLE is left,
+        # cleared where it is entered), so that rx.ready is a register output (decoding
+        # the state began the UP5K build's critical path, through the receiver)
         busy = Signal()
         m.d.comb += self.rx.ready.eq(~busy)
         byte = self.rx.payload
@@ -274,10 +277,11 @@ class HostLink(wiring.Component):
                      eng.host_req.payload.write.eq(is_write),
                      eng.host_req.payload.data.eq(Mux(is_write, wdata, 0))]
 
-        with m.FSM() as fsm:
+        with m.FSM():
             with m.State("IDLE"):
                 m.d.sync += [x_next.eq(0), is_write.eq(ftype == WRITE)]
                 with m.If(start):
+                    m.d.sync += busy.eq(1)
                     with m.Switch(ftype):
                         with m.Case(SAMPLE):
                             m.next = "SAMPLE"
@@ -341,14 +345,18 @@ class HostLink(wiring.Component):
                 # header and payload from resp (phase 0), then the CRC, low byte first (phases
                 # 1, 2); stuffed. Each byte is first loaded into tx_byte with its stuffing
                 # decision (a cycle of its own), then sent: what goes out and what advances
-                # (resp shifts down a byte, the CRC steps, the phase and the bytes left, all
-                # registers) then depend on registers only. The byte select, the FLAG/ESCAPE
-                # comparison and the enable of the whole response register in one cycle were
-                # the UP5K build's critical path.
+                # (the CRC steps, the phase and the bytes left, all registers) then depend on
+                # registers only. resp shifts down a byte as its low byte is loaded, so its
+                # enable depends on registers only too. The byte select, the FLAG/ESCAPE
+                # comparison and the enable of the whole response register in one cycle, and
+                # later the stuffing and handshake logic on that enable (the shift was at
+                # the send), were the UP5K build's critical path.
                 raw = tx_raw
                 m.d.comb += raw.eq(Mux(tx_phase == 0, resp[:8], Mux(tx_phase == 1, tx_crc[:8], tx_crc[8:])))
                 with m.If(~tx_loaded):
                     m.d.sync += [tx_byte.eq(raw), tx_stuff.eq((raw == FLAG) | (raw == ESCAPE)), tx_loaded.eq(1)]
+                    with m.If(tx_phase == 0):
+                        m.d.sync += resp.eq(resp >> 8)
                 with m.Else():
                     m.d.comb += [self.tx.valid.eq(1),
                                  self.tx.payload.eq(Mux(tx_esc, tx_byte ^ ESCAPE_XOR, Mux(tx_stuff, ESCAPE, tx_byte)))]
@@ -359,8 +367,7 @@ class HostLink(wiring.Component):
                             m.d.sync += [tx_esc.eq(0), tx_loaded.eq(0)]
                             with m.Switch(tx_phase):
                                 with m.Case(0):
-                                    m.d.sync += [tx_crc.eq(crc16_step(tx_crc, tx_byte)), resp.eq(resp >> 8),
-                                                 tx_left.eq(tx_left - 1)]
+                                    m.d.sync += [tx_crc.eq(crc16_step(tx_crc, tx_byte)), tx_left.eq(tx_left - 1)]
                                     with m.If(tx_left == 0):
                                         m.d.sync += tx_phase.eq(1)
                                 with m.Case(1):
@@ -371,7 +378,6 @@ class HostLink(wiring.Component):
             with m.State("SEND_CLOSE"):
                 m.d.comb += [self.tx.valid.eq(1), self.tx.payload.eq(FLAG)]
                 with m.If(self.tx.ready):
+                    m.d.sync += busy.eq(0)
                     m.next = "IDLE"
-
-        m.d.comb += busy.eq(~fsm.ongoing("IDLE"))
         return m
