@@ -149,8 +149,16 @@ class HostLink(wiring.Component):
         # cleared where it is entered), so that rx.ready is a register output (decoding
         # the state began the UP5K build's critical path, through the receiver)
         busy = Signal()
-        m.d.comb += self.rx.ready.eq(~busy)
-        byte = self.rx.payload
+        # The receiver works on the byte taken the cycle before (and the line error of that
+        # cycle), with its FLAG and ESCAPE comparisons already made: from the UART's byte
+        # register to the frame's field registers in one cycle was the UP5K build's
+        # critical path. While that byte is a FLAG (it may start a frame) nothing is taken.
+        ev_valid, ev_flag, ev_escape, ev_error = Signal(), Signal(), Signal(), Signal()
+        byte = Signal(8)
+        m.d.comb += self.rx.ready.eq(~busy & ~(ev_valid & ev_flag))
+        m.d.sync += [ev_valid.eq(self.rx.valid & self.rx.ready), byte.eq(self.rx.payload),
+                     ev_flag.eq(self.rx.payload == FLAG), ev_escape.eq(self.rx.payload == ESCAPE),
+                     ev_error.eq(self.rx_error)]
         d = Signal(8)                      # a payload byte, unstuffed
         d_valid = Signal()
         start = Signal()                   # a frame passed every check: execute it
@@ -163,10 +171,10 @@ class HostLink(wiring.Component):
         for t in TO_BOARD:
             type_ok = type_ok | ((ftype == t) & (flen == fmt.payload_length(t)))
 
-        with m.If(self.rx_error & ~hunting):
+        with m.If(ev_error & ~hunting):
             m.d.sync += poisoned.eq(1)
-        with m.If(self.rx.valid & self.rx.ready):
-            with m.If(byte == FLAG):
+        with m.If(ev_valid):
+            with m.If(ev_flag):
                 # Close the frame being collected (the order of checks is FrameDecoder's).
                 with m.If(~hunting & ((n != 0) | poisoned | escape)):
                     with m.If(poisoned | escape | (n < HEADER_BYTES + CRC_BYTES)):
@@ -184,7 +192,7 @@ class HostLink(wiring.Component):
                              vbyte.eq(0), vidx.eq(0)]
             with m.Elif(hunting):
                 m.d.sync += cnt.bytes_dropped.eq(cnt.bytes_dropped + 1)
-            with m.Elif(escape | (byte != ESCAPE)):
+            with m.Elif(escape | ~ev_escape):
                 m.d.sync += escape.eq(0)
                 m.d.comb += [d_valid.eq(1), d.eq(Mux(escape, byte ^ ESCAPE_XOR, byte))]
             with m.Else():

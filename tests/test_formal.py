@@ -555,12 +555,15 @@ class FrameSpec(Elaboratable):
         drive_stream(m, eng.host_resp, "host_resp")
         m.d.comb += [link.rx_error.eq(AnySeq(1)), link.tx.ready.eq(AnySeq(1)),
                      eng.sample.ready.eq(AnySeq(1)), eng.host_req.ready.eq(AnySeq(1))]
-        take = transfer(link.rx)
-        b = link.rx.payload
         # A line error is the UART losing a byte: a byte that arrived after the one it
         # holds. Under stop and wait it never holds a FLAG that long, so a line error in the
         # cycle a FLAG is taken is outside the protocol (docs/formal.md).
-        m.d.comb += Assume(~(link.rx_error & take & (b == FLAG)))
+        m.d.comb += Assume(~(link.rx_error & transfer(link.rx) & (link.rx.payload == FLAG)))
+        # The receiver works on the byte (and line error) of the cycle before: the model
+        # reads the same stream one cycle late, so its state is compared with the
+        # receiver's as it was before that stage.
+        take, b, line_error = Signal(), Signal(8), Signal()
+        m.d.sync += [take.eq(transfer(link.rx)), b.eq(link.rx.payload), line_error.eq(link.rx_error)]
 
         # ---- the model's state: the frame being collected
         hunting = Signal(init=1)
@@ -584,7 +587,7 @@ class FrameSpec(Elaboratable):
             type_ok = type_ok | ((ftype == t) & (flen == fmt.payload_length(t)))
         aborted = esc if not self.wrong else Const(0, 1)
         verdict_ok = Signal()
-        with m.If(link.rx_error & ~hunting):
+        with m.If(line_error & ~hunting):
             m.d.sync += poison.eq(1)
         with m.If(take):
             with m.If(b == FLAG):
