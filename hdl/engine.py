@@ -446,9 +446,9 @@ class Engine(wiring.Component):
                 aligned_lanes.append(al)
             return Cat(*aligned_lanes)
 
-        def delay_valid(src, dst, depth, name):
+        def delay_regs(src, dst, depth, name):
             """``dst`` = ``src`` ``depth`` cycles ago, in registers that reset (valid and
-            write-enable bits)."""
+            write-enable bits, and the tags that follow a unit's pipeline)."""
             for k in range(depth):
                 reg = dst if k == depth - 1 else Signal.like(src, name=f"{name}{k}")
                 m.d.sync += reg.eq(src)
@@ -456,7 +456,7 @@ class Engine(wiring.Component):
 
         def delay_data(srcs, dsts, depth, name):
             """``dsts`` = ``srcs`` ``depth`` cycles ago: data beside a bit of
-            :func:`delay_valid`, so in a :class:`DelayLine` (a block RAM where logic cells
+            :func:`delay_regs`, so in a :class:`DelayLine` (a block RAM where logic cells
             are scarce: single-port weights, the UP5K)."""
             dl = DelayLine(sum(len(v) for v in srcs), depth, in_memory=single_port, name=name)
             m.submodules[name] = dl
@@ -471,7 +471,7 @@ class Engine(wiring.Component):
         s3_valid, s3_first, s3_last = Signal(), Signal(), Signal()
         s3_g, s3_layer, s3_x = Signal.like(g), Signal.like(layer), Signal(x_shape)
         if one_pass:
-            delay_valid(s2_valid & fwd_active, s3_valid, UPDATE_LATENCY, "mac_stage_valid")
+            delay_regs(s2_valid & fwd_active, s3_valid, UPDATE_LATENCY, "mac_stage_valid")
             delay_data([s2_first, s2_last, s2_g, s2_layer, x_sel], [s3_first, s3_last, s3_g, s3_layer, s3_x],
                        UPDATE_LATENCY, "mac_stage")
             m.d.comb += [mac.i.payload.w.eq(upd.o.payload.w.as_value()),
@@ -605,12 +605,7 @@ class Engine(wiring.Component):
                 m.d.comb += pr.i.payload.active.eq(Cat(*act_bits))
                 # o.ready is always high: a delta leaves the unit LATENCY cycles after its
                 # group went in, and its group number follows it through as many registers
-                tag = dfa_s2g[l]
-                for stage in range(SparseProjection.LATENCY - 1):
-                    nxt = Signal.like(g, name=f"dfa_tag{l + 1}_{stage}")
-                    m.d.sync += nxt.eq(tag)
-                    tag = nxt
-                m.d.sync += dfa_out_g[l].eq(tag)
+                delay_regs(dfa_s2g[l], dfa_out_g[l], SparseProjection.LATENCY, f"dfa_tag{l + 1}_")
                 with m.If(pr.o.valid):
                     m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(pr.o.payload.delta.as_value()),
                                  d_wr[l].en.eq((1 << P) - 1)]
@@ -754,7 +749,7 @@ class Engine(wiring.Component):
         out_we = Signal(L, name="upd_we")
         # ... and follow the word through the rest of the update unit's pipeline
         assert UPDATE_LATENCY >= 2
-        delay_valid(in_we, out_we, UPDATE_LATENCY - 1, "upd_stage_we")
+        delay_regs(in_we, out_we, UPDATE_LATENCY - 1, "upd_stage_we")
         delay_data([in_addr, in_g, in_layer], [out_addr, out_g, out_layer], UPDATE_LATENCY - 1, "upd_stage")
         w_write = Signal()
         m.d.comb += w_write.eq(out_we.any())
@@ -822,12 +817,10 @@ class Engine(wiring.Component):
                                                 else (s2_valid & s2_first, s2_g, s2_layer))
         # the group whose sums the MAC emits next: taken as its first element leaves the
         # MAC's operand and product stages (PRODUCT_STAGES cycles after it entered)
-        res_first, res_src_g, res_src_layer = mac_in_first, mac_in_g, mac_in_layer
-        for stage in range(MACArray.PRODUCT_STAGES):
-            nxt = (Signal(name=f"res_first{stage}"), Signal.like(g, name=f"res_src_g{stage}"),
-                   Signal.like(layer, name=f"res_src_layer{stage}"))
-            m.d.sync += [nxt[0].eq(res_first), nxt[1].eq(res_src_g), nxt[2].eq(res_src_layer)]
-            res_first, res_src_g, res_src_layer = nxt
+        res_first = Signal(name="res_first")
+        res_src_g, res_src_layer = Signal.like(g, name="res_src_g"), Signal.like(layer, name="res_src_layer")
+        for src, dst in ((mac_in_first, res_first), (mac_in_g, res_src_g), (mac_in_layer, res_src_layer)):
+            delay_regs(src, dst, MACArray.PRODUCT_STAGES, f"{dst.name}_")
         # the last group's results: the MAC's stages, the result register, the write
         fwd_drain_cycles = (4 + MACArray.PRODUCT_STAGES) + (UPDATE_LATENCY if one_pass else 0)
         assert max(fwd_drain_cycles, 2 + UPDATE_LATENCY) < 16      # the drain counter's range
