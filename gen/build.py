@@ -296,11 +296,12 @@ def _soft_multiplier_luts(inv, device: Device):
 #: writes ``benchmarks/results/estimate_calibration.json``; ``docs/boards.md`` lists the
 #: runs and the residuals). iCE40 "lut" is SB_LUT4 after synthesis, "lc" nextpnr's logic
 #: cells (a LUT4 and/or a flip-flop); ECP5 "lut" is nextpnr's TRELLIS_COMB. Fitted on the
-#: engine of commit de1ff11 (iCE40: 6 runs, worst error 7.7 % (FF), 4.9 % (LC); ECP5: 5 runs,
-#: lanes 2-32, worst error 8.9 %); rerun the script when the engine's area changes.
+#: engine of commit 8472331 (iCE40: 6 runs, worst error 2.9 % (LUT), 0.8 % (FF), 6.2 % (LC);
+#: ECP5: 5 runs, lanes 2-32, worst error 13.6 % (LUT), 3.7 % (FF)); rerun the script when
+#: the engine's area changes.
 CALIBRATION = {
-    "ice40": {"lut": (1362.4, 451.6, 215.9), "ff": (1063.9, 86.2, 132.3), "lc": (1720.7, 878.6, 248.3)},
-    "ecp5": {"lut": (1560.2, 640.8, 418.3), "ff": (845.4, 182.4, 143.9)},
+    "ice40": {"lut": (1534.0, 696.4, 158.9), "ff": (1302.2, 468.6, 74.6), "lc": (1858.7, 1388.6, 149.3)},
+    "ecp5": {"lut": (1648.7, 660.8, 515.9), "ff": (1246.8, 522.5, 96.6)},
 }
 
 def _linear(coeffs, cfg):
