@@ -33,6 +33,12 @@ MEMORY_KINDS = ("auto", "spram")
 #: "one_pass": the update of sample n is fused with the forward pass of sample n + 1 (each
 #: weight read once, updated, written back and multiplied; SGD order unchanged).
 SCHEDULES = ("two_pass", "one_pass")
+#: How a sparse feedback unit reads the output error. "parallel": each lane selects the
+#: errors its entries name through a C-way multiplexer, one group of P neurons a cycle.
+#: "serial": the errors are broadcast one class a cycle and each lane adds those its
+#: entries name, C cycles a group and no multiplexer per lane (the multiplexers are about
+#: half of a 64-lane unit's logic). The sums are exact either way: same deltas, bit for bit.
+PROJECTIONS = ("parallel", "serial")
 FORMAT_NAMES = ("input", "weight", "bias", "activation", "error", "feedback", "delta",
                 "update", "learning_rate")
 
@@ -95,6 +101,7 @@ class EngineConfig:
     lanes: int = 16
     memory: str = "auto"
     schedule: str = "one_pass"
+    projection: str = "parallel"
 
     # ---- derived quantities -------------------------------------------------
     @property
@@ -160,7 +167,7 @@ _SCHEMA = {
     "training": {"lr_shift", "learning_rate", "epochs", "seed"},
     "feedback": {"kind", "k", "values", "max_shift", "storage", "seed"},
     "softmax": {"table_frac_bits", "table_size"},
-    "hardware": {"lanes", "memory", "schedule"},
+    "hardware": {"lanes", "memory", "schedule", "projection"},
 }
 
 _DEFAULT_FORMATS = {
@@ -326,6 +333,7 @@ def config_from_dict(data: dict) -> EngineConfig:
         lanes=_int("hardware", "lanes", hw.get("lanes", 16), 1, 1024),
         memory=_choice("hardware", "memory", hw.get("memory", "auto"), MEMORY_KINDS),
         schedule=_choice("hardware", "schedule", hw.get("schedule", "one_pass"), SCHEDULES),
+        projection=_choice("hardware", "projection", hw.get("projection", "parallel"), PROJECTIONS),
     )
     validate(cfg)
     return cfg
@@ -397,6 +405,9 @@ def validate(cfg: EngineConfig) -> None:
     if cfg.feedback.kind == "dense" and cfg.feedback.storage == "lfsr":
         raise ConfigError("feedback.storage", "lfsr",
                           "regenerates sparse feedback only; dense feedback is stored (\"table\")")
+    if cfg.feedback.kind == "dense" and cfg.projection == "serial":
+        raise ConfigError("hardware.projection", "serial",
+                          "applies to sparse feedback only (dense feedback is always read one class a cycle)")
     if cfg.feedback.k > cfg.n_classes:
         raise ConfigError("feedback.k", cfg.feedback.k,
                           f"is out of range; must be 1 <= k <= {cfg.n_classes} (the number of classes)")

@@ -562,14 +562,20 @@ class Engine(wiring.Component):
             m.d.sync += dfa_s2[l].eq(0)
             if sparse:
                 pr = proj[l]
-                issue = dfa_run & (dfa_g[l] < G[l])
+                # a serial unit takes a group in C cycles: while it holds one back, the
+                # group stays on its input (the memories read its address again)
+                held = dfa_s2[l] & ~pr.i.ready
+                issue = dfa_run & (dfa_g[l] < G[l]) & ~held
+                rd_group = Mux(held, dfa_s2g[l], dfa_g[l])
                 with m.If(dfa_start):
                     m.d.sync += [dfa_g[l].eq(0), dfa_written[l].eq(0)]
                 with m.Elif(issue):
                     m.d.sync += [dfa_g[l].eq(dfa_g[l] + 1), dfa_s2[l].eq(1), dfa_s2g[l].eq(dfa_g[l])]
-                m.d.comb += mask_rd[l].addr.eq(dfa_g[l])
+                with m.Elif(held):
+                    m.d.sync += dfa_s2[l].eq(1)
+                m.d.comb += mask_rd[l].addr.eq(rd_group)
                 if cfg.feedback.storage == "table":
-                    m.d.comb += fb_rd[l].addr.eq(dfa_g[l])
+                    m.d.comb += fb_rd[l].addr.eq(rd_group)
                     entries = fb_rd[l].data
                 else:
                     # Regenerate the entries: P * k draws a group, in the golden model's order.

@@ -51,6 +51,15 @@ class SparseProjection(wiring.Component):
     28.3 MHz (``docs/boards.md``). The first stage's registers are attributes
     (``s1_valid``, ``s1_g``, ``s1_keep``, ``s1_active``, and ``sum_frac``, the fraction
     bits of ``s1_g``) so that the formal check can state what they hold.
+
+    With ``cfg.projection == "serial"`` the first stage reads ``e`` one class a cycle: in
+    cycle ``c`` of a transfer it adds, in every lane, the terms whose entry names class
+    ``c`` (one shared ``C``-way multiplexer and negation instead of one per lane and
+    entry). It accepts the transfer (``i.ready``) in the cycle of class ``C - 1``, so a
+    transfer takes ``C`` cycles and ``i`` must hold it that long (the stream rule). The
+    sum is the same exact integer, so the outputs are those of the parallel form, bit for
+    bit. ``s0_class`` (the class of this cycle) and ``s0_acc`` (each lane's sum over the
+    classes before it) are attributes for the formal check.
     """
 
     #: Cycles from an accepted input to its output while ``o`` is not stalled.
@@ -74,6 +83,10 @@ class SparseProjection(wiring.Component):
         self.s1_g = [Signal(signed(self._g_width), name=f"s1_g{p}") for p in range(lanes)]
         self.s1_keep = Signal(lanes)        # mask & active: the delta is kept
         self.s1_active = Signal(lanes)
+        self.serial = cfg.projection == "serial"
+        if self.serial:
+            self.s0_class = Signal(range(C))
+            self.s0_acc = [Signal(signed(self._g_width), name=f"s0_acc{p}") for p in range(lanes)]
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
                 "e": data.ArrayLayout(f.error.amaranth_shape(), C),
@@ -95,16 +108,42 @@ class SparseProjection(wiring.Component):
         P = self._lanes
         s1_valid, s1_keep, s1_active = self.s1_valid, self.s1_keep, self.s1_active
         advance = ~self.o.valid | self.o.ready
-        m.d.comb += self.i.ready.eq(advance)
+        serial = self.serial
+        C = cfg.n_classes
+        if serial:
+            # the class of this cycle; the transfer is taken in the cycle of the last class
+            last = self.s0_class == C - 1
+            take = advance & self.i.valid & last
+            m.d.comb += self.i.ready.eq(advance & last)
+            with m.If(advance & self.i.valid):
+                m.d.sync += self.s0_class.eq(Mux(last, 0, self.s0_class + 1))
+            # one multiplexer and one negation for all lanes
+            e_c = Signal(f.error.amaranth_shape(), name="e_class")
+            m.d.comb += e_c.eq(e[self.s0_class])
+            if fb.values == "pm1":
+                e_c_pos = Signal(signed(g_width), name="e_class_pos")
+                e_c_neg = Signal(signed(g_width), name="e_class_neg")
+                m.d.comb += [e_c_pos.eq(e_c if narrow else e_c << ffb), e_c_neg.eq(-e_c_pos)]
+        else:
+            take = advance & self.i.valid
+            m.d.comb += self.i.ready.eq(advance)
         with m.If(advance):
-            m.d.sync += [s1_valid.eq(self.i.valid), self.o.valid.eq(s1_valid)]
+            m.d.sync += [s1_valid.eq(take), self.o.valid.eq(s1_valid)]
         # stage 1: g = sum_j sign_j * value_j * e[index_j], exact
         for p in range(P):
             terms = []
             for j in range(k):
                 ent = self.i.payload.entries[p][j]
+                term = Signal(signed(g_width), name=f"signed_term{p}_{j}")
+                if serial and fb.values == "pm1":
+                    m.d.comb += term.eq(Mux(ent.index == self.s0_class, Mux(ent.sign, e_c_neg, e_c_pos), 0))
+                    terms.append(term)
+                    continue
                 sel = Signal(f.error.amaranth_shape(), name=f"e_sel{p}_{j}")
-                m.d.comb += sel.eq(e[ent.index])
+                if serial:
+                    m.d.comb += sel.eq(Mux(ent.index == self.s0_class, e_c, 0))
+                else:
+                    m.d.comb += sel.eq(e[ent.index])
                 mag = Signal(signed(g_width), name=f"term{p}_{j}")
                 if fb.values == "pm1":
                     m.d.comb += mag.eq(sel if narrow else sel << ffb)
@@ -112,12 +151,17 @@ class SparseProjection(wiring.Component):
                     m.d.comb += mag.eq((sel << ffb) >> ent.shift)
                 else:
                     m.d.comb += mag.eq(sel * ent.magnitude)
-                term = Signal(signed(g_width), name=f"signed_term{p}_{j}")
                 m.d.comb += term.eq(Mux(ent.sign, -mag, mag))
                 terms.append(term)
             total = terms[0]
             for t in terms[1:]:
                 total = total + t
+            if serial:
+                # the sum over classes 0..c; the accumulator starts again after the last
+                acc = self.s0_acc[p]
+                with m.If(advance & self.i.valid):
+                    m.d.sync += acc.eq(Mux(last, 0, acc + total))
+                total = acc + total
             with m.If(advance):
                 m.d.sync += self.s1_g[p].eq(total)
         with m.If(advance):

@@ -147,6 +147,8 @@ def random_config_dict(seed: int) -> dict:
     lanes = 1 if rng.random() < 0.2 else int(rng.integers(2, min(16, widest) + 1))
     hardware = {"lanes": lanes, "schedule": _pick(rng, ("one_pass", "two_pass")),
                 "memory": _pick(rng, ("auto", "auto", "spram"))}
+    if kind == "sparse":
+        hardware["projection"] = _pick(rng, ("parallel", "serial"))
 
     data = {"network": network, "formats": formats, "rounding": rounding, "training": training,
             "feedback": feedback, "softmax": softmax, "hardware": hardware}
@@ -187,6 +189,8 @@ def describe(cfg: EngineConfig) -> str:
         fbk = f"k{fb.k} {values} {fb.storage}"
     lr = (f"lr={cfg.lr_multiplier}" if cfg.lr_multiplier is not None
           else "sh=" + ",".join(str(s) for s in sorted(set(cfg.lr_shift))))
+    if "dfa" in cfg.methods and fb.kind == "sparse" and cfg.projection == "serial":
+        fbk += " serial"
     return (f"{cfg.network_name} {methods} {cfg.activation} {fbk} P={cfg.lanes} {cfg.schedule} "
             f"{cfg.memory} w={cfg.formats.weight} a={cfg.formats.activation} {lr}")
 

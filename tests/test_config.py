@@ -165,7 +165,7 @@ INVALID = [
     ("unknown-key", "[network]\nlayer = [6, 5, 4]\n",
      "network.layer: [6, 5, 4] is not a known field; known: activation, layers, method, methods"),
     ("unknown-key-hardware", BASE + "[hardware]\nclock = 100\n",
-     "hardware.clock: 100 is not a known field; known: lanes, memory, schedule"),
+     "hardware.clock: 100 is not a known field; known: lanes, memory, projection, schedule"),
     ("section-not-table", "network = [6, 5, 4]\n",
      "network: [6, 5, 4] must be a table ([network])"),
     ("array-of-tables-for-table", BASE + "[[training]]\nepochs = 3\n",
@@ -348,3 +348,16 @@ def test_schedule_choice():
     with pytest.raises(ConfigError) as exc:
         config_from_dict({"hardware": {"schedule": "fused"}})
     assert str(exc.value) == "hardware.schedule: 'fused' must be one of two_pass, one_pass"
+
+
+def test_projection_choice():
+    from dfa_engine.config import config_from_dict
+
+    assert config_from_dict({}).projection == "parallel"
+    assert config_from_dict({"hardware": {"projection": "serial"}}).projection == "serial"
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"hardware": {"projection": "fast"}})
+    assert str(exc.value) == "hardware.projection: 'fast' must be one of parallel, serial"
+    with pytest.raises(ConfigError) as exc:
+        config_from_dict({"feedback": {"kind": "dense", "values": "fixed"}, "hardware": {"projection": "serial"}})
+    assert exc.value.field == "hardware.projection" and "sparse feedback only" in str(exc.value)

@@ -623,6 +623,7 @@ table_size = 64
 lanes = 4
 memory = "auto"
 schedule = "two_pass"
+projection = "serial"
 """
 _FIELDS = [(sec, key) for sec, body in tomllib.loads(COMPLETE).items() for key in body]
 
@@ -652,6 +653,7 @@ OUT_OF_RANGE = {
     ("feedback", "storage"): ["rom"],
     ("hardware", "memory"): ["ddr"],
     ("hardware", "schedule"): ["fused"],
+    ("hardware", "projection"): ["fast"],
 }
 
 
@@ -767,7 +769,7 @@ def test_binary_configuration_file(tmp_path, name):
 
 def test_config_cases_cover_every_field():
     types = {c[0].split("-")[1] for c in CONFIG_CASES if c[0].startswith("type-")}
-    assert types == {f"{s}.{k}" for s, k in _FIELDS} and len(_FIELDS) == 31
+    assert types == {f"{s}.{k}" for s, k in _FIELDS} and len(_FIELDS) == 32
     # a file truncated at a line boundary is a shorter valid file (TOML has no end marker):
     # the fields it lost take their defaults. The one such cut checked here:
     assert load_config_text(COMPLETE[:COMPLETE.index("[formats]")]).layers == (12, 8, 4)

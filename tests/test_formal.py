@@ -254,9 +254,10 @@ def test_engine_host_port_bug_is_found(bug):
 MODEL_WIDTH = 32   # wider than any sum B e of the configurations below: the model never overflows
 
 
-def projection_sums(cfg, lanes, payload):
+def projection_sums(cfg, lanes, payload, below=None):
     """``g = sum_j sign_j * value_j * e[index_j]`` of each lane, exactly, with the error's
-    plus the feedback's fraction bits (``docs/numerics.md`` section 5)."""
+    plus the feedback's fraction bits (``docs/numerics.md`` section 5). ``below``: only
+    the terms whose class is below it (what a serial unit has added before that class)."""
     f, fb, k, C = cfg.formats, cfg.feedback, cfg.feedback.k, cfg.n_classes
     ffb = f.feedback.frac_bits
     sums = []
@@ -265,7 +266,8 @@ def projection_sums(cfg, lanes, payload):
         for j in range(k):
             ent = payload.entries[p][j]
             # e[index] as a sum of one-hot terms, not the unit's multiplexer
-            e_sel = sum(Mux(ent.index == c, payload.e[c], 0) for c in range(C))
+            e_sel = sum(Mux(ent.index == c if below is None else (ent.index == c) & (below > c), payload.e[c], 0)
+                        for c in range(C))
             if fb.values == "pm1":
                 value = e_sel * (1 << ffb)
             elif fb.values == "pow2":
@@ -315,7 +317,11 @@ class ProjectionSpec(Elaboratable):
     also states what the first stage holds: the exact sum of its transfer (at the unit's
     ``sum_frac`` fraction bits), from which the model's rounding must give the output the
     spec owes for it. Without that, a stage stalled behind ``o`` could hold any value for
-    as long as the induction looks."""
+    as long as the induction looks.
+
+    A serial unit (``hardware.projection = "serial"``) also holds a transfer part-way: the
+    spec states that it is past class 0 only while ``i`` holds a transfer back, and that
+    each lane's running sum is the model's sum over the classes before the current one."""
 
     def __init__(self, cfg, lanes, *, wrong=False):
         self.cfg, self.lanes, self.wrong = cfg, lanes, wrong
@@ -365,12 +371,23 @@ class ProjectionSpec(Elaboratable):
             m.d.comb += [Assert(s1_want.delta[p] == s1_deltas[p], "stage 1 holds the wrong sum")
                          for p in range(self.lanes)]
             m.d.comb += Assert(s1_want.saturated == s1_sat, "stage 1 holds the wrong lanes")
+        if dut.serial:
+            held = Signal(reset_less=True)       # i held a transfer back in the last cycle
+            m.d.sync += held.eq(dut.i.valid & ~dut.i.ready)
+            m.d.comb += [Assert(dut.s0_class < self.cfg.n_classes, "no such class"),
+                         Assert((dut.s0_class == 0) | held, "a transfer part-way with none held")]
+            partial = projection_sums(self.cfg, self.lanes, dut.i.payload, below=dut.s0_class)
+            scale = f.error.frac_bits + f.feedback.frac_bits - dut.sum_frac
+            for p in range(self.lanes):
+                m.d.comb += Assert((dut.s0_acc[p].as_signed() << scale) == Mux(dut.s0_class == 0, 0, partial[p]),
+                                   "a running sum differs from the model's")
         return m
 
 
-def _projection_cfg(feedback, formats, rounding="nearest"):
+def _projection_cfg(feedback, formats, rounding="nearest", projection="parallel"):
     return config_from_dict({"network": {"layers": [2, 3, 3]}, "feedback": {"kind": "sparse", **feedback},
-                             "formats": formats, "rounding": {"backward": rounding}})
+                             "formats": formats, "rounding": {"backward": rounding},
+                             "hardware": {"projection": projection}})
 
 
 PROJECTION_CASES = {
@@ -381,6 +398,12 @@ PROJECTION_CASES = {
     # a multiplier each: a sum of two products is kept small (4-bit errors, 2-bit values)
     "fixed-k2": (_projection_cfg({"k": 2, "values": "fixed"}, {"error": "s1.3", "feedback": "s0.2", "delta": "s0.3"}), 1),
     "fixed-k1": (_projection_cfg({"k": 1, "values": "fixed"}, {"error": "s1.6", "feedback": "s1.3", "delta": "s0.5"}), 2),
+    # one class a cycle: the shared-negation +-1 form and the generic (shifted) form
+    "pm1-serial": (_projection_cfg({"k": 2, "values": "pm1"}, {"error": "s1.6", "feedback": "s1.3", "delta": "s0.5"},
+                                   projection="serial"), 2),
+    "pow2-trunc-serial": (_projection_cfg({"k": 2, "values": "pow2", "max_shift": 3},
+                                          {"error": "s1.6", "feedback": "s1.3", "delta": "s0.5"}, "trunc",
+                                          projection="serial"), 1),
 }
 
 

@@ -71,6 +71,7 @@ def test_generator_covers_the_space():
             if fb.kind == "sparse":
                 seen["values", fb.values] += 1
                 seen["k", fb.k] += 1
+                seen["projection", cfg.projection] += 1
                 if fb.values == "pow2":
                     seen["pow2 max_shift > 0", fb.max_shift > 0] += 1
     expected = ([("mix", m) for m in ("dfa", "bp", "hybrid")] + [("hidden", n) for n in (1, 2, 3)]
@@ -85,6 +86,7 @@ def test_generator_covers_the_space():
                 + [("bias frac = weight frac", True), ("bias frac = weight frac", False)]
                 + [("feedback", "dense", "table"), ("feedback", "sparse", "table"), ("feedback", "sparse", "lfsr")]
                 + [("values", v) for v in ("pm1", "pow2", "fixed")] + [("k", k) for k in (1, 2, 3, 4)]
+                + [("projection", p) for p in ("parallel", "serial")]
                 + [("pow2 max_shift > 0", True), ("pow2 max_shift > 0", False)])
     missing = [key for key in expected if not seen[key]]
     assert not missing, missing

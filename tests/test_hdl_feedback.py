@@ -11,15 +11,17 @@ from dfa_engine.fixed import requantize
 from dfa_engine.hdl.feedback import SparseProjection
 
 
+@pytest.mark.parametrize("projection", ["parallel", "serial"])
 @pytest.mark.parametrize("k,values,max_shift,lanes,error", [
     (1, "pm1", 0, 4, "s1.14"), (2, "pow2", 3, 3, "s1.14"), (3, "fixed", 0, 2, "s1.14"), (2, "pm1", 0, 1, "s3.12"),
 ])
-def test_sparse_projection_matches_golden(k, values, max_shift, lanes, error):
+def test_sparse_projection_matches_golden(k, values, max_shift, lanes, error, projection):
     cfg = config_from_dict({
         "network": {"layers": [5, 12, 10]},
         # a narrow delta format so that saturation happens for large errors
         "formats": {"error": error, "delta": "s0.9"},
         "feedback": {"kind": "sparse", "k": k, "values": values, "max_shift": max_shift},
+        "hardware": {"projection": projection},
     })
     f = cfg.formats
     sp = sparse_feedback(cfg, 0)
@@ -72,7 +74,8 @@ def test_sparse_projection_matches_golden(k, values, max_shift, lanes, error):
     sim.add_testbench(driver)
     sim.add_testbench(backpressure, background=True)
     sim.add_process(sampler)
-    sim.run_until(1e-3)
+    sim.run_until(1e-2)
+    assert len(got) == len(errors) * -(-rows // lanes)
     chunks = iter(got)
     any_saturated = False
     for e, mask in zip(errors, masks):

@@ -44,6 +44,14 @@ CONFIGS = {
         "network": {"layers": [64, 24, 16, 20, 10], "methods": ["dfa", "bp", "dfa"], "activation": "hardtanh"},
         "training": {"lr_shift": [5, 5, 5, 6]}, "feedback": {"k": 2, "values": "pow2", "max_shift": 2},
         "hardware": {"lanes": 16, "schedule": "one_pass"}},
+    # the error broadcast one class a cycle (hardware.projection = "serial"): from a
+    # stored table (P=16, k=2, +-1) and from the LFSR (P=4, k=2, +-2^-s)
+    "dfa-k2-P16-serial": {"network": {"layers": [64, 40, 10], "method": "dfa"}, "training": {"lr_shift": 5},
+                          "feedback": {"k": 2}, "hardware": {"lanes": 16, "projection": "serial"}},
+    "dfa-k2-pow2-lfsr-P4-serial": {
+        "network": {"layers": [64, 32, 10], "method": "dfa"}, "training": {"lr_shift": 5},
+        "feedback": {"k": 2, "values": "pow2", "max_shift": 2, "storage": "lfsr"},
+        "hardware": {"lanes": 4, "projection": "serial"}},
     # single-port weight memories (memory = "spram", as on the iCE40 UP5K), one-pass
     "dfa-k1-P4-single-port": {"network": {"layers": [64, 32, 10], "method": "dfa"}, "training": {"lr_shift": 5},
                               "hardware": {"lanes": 4, "schedule": "one_pass", "memory": "spram"}},
@@ -142,7 +150,8 @@ def test_rtl_directed_port_cases(case):
     assert (out["tests"], out["failed"]) == (1, 0), out["log"]
 
 
-@pytest.mark.parametrize("name", ["dfa-k1-P4-one-pass", "dfa-k1-P4-single-port", "bp-P1-multiplier", "dense-P4"])
+@pytest.mark.parametrize("name", ["dfa-k1-P4-one-pass", "dfa-k1-P4-single-port", "bp-P1-multiplier", "dense-P4",
+                                  "dfa-k2-P16-serial"])
 def test_rtl_cycles_per_sample_equal_the_cycle_model(name):
     """Without idle or backpressure, the cycles between consecutive training results are
     exactly the cycle model's (``estimate_cycles``), for dual- and single-port weights."""
