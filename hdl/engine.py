@@ -145,17 +145,22 @@ class Engine(wiring.Component):
         """
         m = Module()
         core = Module()
-        reset_req = Signal()      # rst now, or a deferred request
+        reset_req = Signal()      # rst now, a deferred request, or the core in reset
         core_safe = Signal()      # the core is at a point where a reset loses nothing
-        core_reset = Signal()
+        core_reset = Signal()     # a reset is taken now (the core's registers reset next cycle)
         self._elaborate_core(core, reset_req, core_safe, core_reset, platform)
         m.submodules.core = DomainRenamer("core")(core)
         m.domains.core = cd_core = ClockDomain("core", local=True)
         pending = Signal(reset_less=True)
+        # The core's reset comes from a register: it reaches every register of the core, a
+        # net too large to follow logic in the same cycle (13.3 ns on an ECP5 at P = 8).
+        # While it is applied, reset_req keeps the ports closed, so the extra cycle loses
+        # nothing.
+        core_rst_q = Signal(reset_less=True)
         rst = ResetSignal("sync")
-        m.d.comb += [reset_req.eq(rst | pending), core_reset.eq(reset_req & core_safe),
-                     cd_core.clk.eq(ClockSignal("sync")), cd_core.rst.eq(core_reset)]
-        m.d.sync += pending.eq((pending | rst) & ~core_reset)
+        m.d.comb += [reset_req.eq(rst | pending | core_rst_q), core_reset.eq((rst | pending) & core_safe),
+                     cd_core.clk.eq(ClockSignal("sync")), cd_core.rst.eq(core_rst_q)]
+        m.d.sync += [pending.eq((pending | rst) & ~core_reset), core_rst_q.eq(core_reset)]
         return m
 
     def _elaborate_core(self, m, reset_req, core_safe, core_reset, platform=None):
@@ -759,8 +764,10 @@ class Engine(wiring.Component):
         delay_data([in_addr, in_g, in_layer], [out_addr, out_g, out_layer], UPDATE_LATENCY - 1, "upd_stage")
         w_write = Signal()
         m.d.comb += w_write.eq(out_we.any())
-        # host writes of a weight (HOST_READ): a register per layer, set by HOST_ISSUE
+        # host writes of a weight (HOST_MERGE): a register per layer, set by HOST_READ
         host_w_we = Signal(L, name="host_w_we")
+        host_w_word = Signal(P * wW)            # the word a host request reads (HOST_READ)
+        host_b_word = Signal(P * bW)
         m.d.sync += host_w_we.eq(0)
         for l in range(L):
             m.d.comb += [W_wr[l].addr.eq(Mux(host_w_we[l], lat_w_addr, out_addr)),
@@ -1031,8 +1038,8 @@ class Engine(wiring.Component):
                 # acts on the checks HOST latched and drives the read addresses from the
                 # latched request (the port's decode, the data's range check and the memory
                 # address in one cycle were the UP5K build's critical path); the word appears
-                # next cycle (HOST_READ), where a write merges its lane into it and writes the
-                # whole word back
+                # next cycle (HOST_READ) and is registered; HOST_MERGE picks the lane and, for
+                # a write, merges the new value into it and writes the whole word back
                 with m.If(~lat_accept):
                     m.d.sync += [bump("rejected_addresses"),
                                  self.host_resp.payload.error.eq(1), self.host_resp.payload.data.eq(0)]
@@ -1044,34 +1051,36 @@ class Engine(wiring.Component):
                         for l in range(L):
                             with m.Case(l):
                                 m.d.comb += [W_rd[l].addr.eq(lat_w_addr), b_rd[l].addr.eq(lat_b_addr)]
-                                m.d.sync += host_w_we[l].eq(lat_req_write & (lat_kind == 0))
                     m.next = "HOST_READ"
             with m.State("HOST_READ"):
+                # the words land in registers first: a block RAM's output is slow (5.8 ns
+                # on the ECP5 without its output register), too slow to drive the lane
+                # multiplexer and the response in the same cycle
+                m.d.sync += [host_w_word.eq(Array(W_rd[l].data for l in range(L))[lat_layer]),
+                             host_b_word.eq(Array(b_rd[l].data for l in range(L))[lat_layer])]
+                with m.Switch(lat_layer):
+                    for l in range(L):
+                        with m.Case(l):
+                            m.d.sync += host_w_we[l].eq(lat_write & (lat_kind == 0))
+                m.next = "HOST_MERGE"
+            with m.State("HOST_MERGE"):
                 value = Signal(signed(self._data_width))
                 with m.Switch(lat_kind):
                     with m.Case(0):
-                        with m.Switch(lat_layer):
-                            for l in range(L):
-                                with m.Case(l):
-                                    m.d.comb += value.eq(Array(lanes_of(W_rd[l].data, wW, f.weight.amaranth_shape()))[lat_lane])
+                        m.d.comb += value.eq(Array(lanes_of(host_w_word, wW, f.weight.amaranth_shape()))[lat_lane])
                     with m.Case(1):
-                        with m.Switch(lat_layer):
-                            for l in range(L):
-                                with m.Case(l):
-                                    m.d.comb += value.eq(Array(lanes_of(b_rd[l].data, bW, f.bias.amaranth_shape()))[lat_lane])
+                        m.d.comb += value.eq(Array(lanes_of(host_b_word, bW, f.bias.amaranth_shape()))[lat_lane])
                     with m.Case(2):
                         m.d.comb += value.eq(Array(counters[name] for name in COUNTERS)[lat_counter])
                 m.d.sync += self.host_resp.payload.data.eq(value)
                 with m.If(lat_write):
+                    w_merged = [Mux(lat_lane == p, lat_data[:wW], host_w_word[p * wW:(p + 1) * wW]) for p in range(P)]
+                    b_merged = [Mux(lat_lane == p, lat_data[:bW], host_b_word[p * bW:(p + 1) * bW]) for p in range(P)]
                     with m.Switch(lat_layer):
                         for l in range(L):
                             with m.Case(l):
-                                w_merged = [Mux(lat_lane == p, lat_data[:wW], W_rd[l].data[p * wW:(p + 1) * wW])
-                                            for p in range(P)]
-                                b_merged = [Mux(lat_lane == p, lat_data[:bW], b_rd[l].data[p * bW:(p + 1) * bW])
-                                            for p in range(P)]
                                 with m.If(lat_kind == 0):
-                                    # address and enable: host_w_we, set by HOST_ISSUE
+                                    # address and enable: host_w_we, set by HOST_READ
                                     m.d.comb += W_wr[l].data.eq(Cat(*w_merged))
                                 with m.Else():
                                     m.d.comb += [b_wr[l].addr.eq(lat_b_addr), b_wr[l].data.eq(Cat(*b_merged)),
@@ -1084,14 +1093,19 @@ class Engine(wiring.Component):
 
         # ---- reset bookkeeping --------------------------------------------------------
         m.d.comb += core_safe.eq(((fsm.ongoing("IDLE") | fsm.ongoing("LOAD") | fsm.ongoing("RESULT")) & ~pending) |
-                                 (fsm.ongoing("HOST_READ") & ~lat_write) | fsm.ongoing("HOST_RESP"))
+                                 ((fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_MERGE")) & ~lat_write) |
+                                 fsm.ongoing("HOST_RESP"))
+        # A reset is counted in the cycle it is taken; the core's registers reset at the end
+        # of the next (the wrapper's register), so a request held longer counts once.
         in_reset = Signal(reset_less=True)
         m.d.sync += in_reset.eq(core_reset)
-        with m.If(core_reset & ~in_reset):
+        taken = core_reset & ~in_reset
+        with m.If(taken):
             m.d.sync += bump("resets")
-        with m.If(core_reset & fsm.ongoing("LOAD") & (j != 0)):
+        with m.If(taken & fsm.ongoing("LOAD") & (j != 0)):
             m.d.sync += bump("aborted_samples")     # a partial sample, discarded
-        with m.If(core_reset & (fsm.ongoing("RESULT") | fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_RESP"))):
+        with m.If(taken & (fsm.ongoing("RESULT") | fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_MERGE") |
+                           fsm.ongoing("HOST_RESP"))):
             m.d.sync += bump("dropped_outputs")     # a result or response never offered
 
 

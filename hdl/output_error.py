@@ -90,6 +90,11 @@ class OutputError(wiring.Component):
         n_words = -(-C // P)
         idx = Signal(range(C + 1))
         idx_q = Signal(range(C + 1))
+        # lanes that hold a class: class c sits in lane c mod P, so only min(P, C) lanes
+        # are ever read; the lane of idx_q is registered beside it (no table lookup between
+        # the register and the multiplexer, which feeds the MAX comparison)
+        used_lanes = min(P, C)
+        lane_q = Signal(range(max(used_lanes, 2)))
         m.d.sync += idx_q.eq(idx)
         m.submodules.store = store = memory.Memory(shape=P * vw, depth=max(n_words, 2), init=[])
         st_rd = store.read_port(transparent_for=())
@@ -97,11 +102,12 @@ class OutputError(wiring.Component):
         word_of = Array(Const(min(c, C - 1) // P, range(max(n_words, 2))) for c in range(C + 1))
         lane_of = Array(Const(min(c, C - 1) % P, range(max(P, 2))) for c in range(C + 1))
         m.d.comb += st_rd.addr.eq(word_of[idx])
-        v_lanes = Array(st_rd.data[p * vw:(p + 1) * vw] for p in range(P))
+        m.d.sync += lane_q.eq(lane_of[idx])
+        v_lanes = Array(st_rd.data[p * vw:(p + 1) * vw] for p in range(used_lanes))
         v_sel = Signal(vw)
         y_sel = Signal(act.amaranth_shape())        # the logit of class idx_q
         E_sel = Signal(ew)                          # the exp value of class idx_q
-        m.d.comb += [v_sel.eq(v_lanes[lane_of[idx_q]] if P > 1 else st_rd.data),
+        m.d.comb += [v_sel.eq(v_lanes[lane_q] if used_lanes > 1 else st_rd.data[:vw]),
                      y_sel.eq(v_sel[:act.width]), E_sel.eq(v_sel[:ew])]
         label = Signal(self._idx_w)
         ymax = Signal(act.amaranth_shape())
