@@ -64,11 +64,11 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     err = 1 + (C + 1) + C + 4 + 33 + C * (ew + 4) + 1 + 1
     delta_out = groups[-1]
     # a sparse layer issues one group a cycle into the projection's pipeline
-    # (SparseProjection.LATENCY), or one every C cycles when it reads e one class a cycle
-    # (hardware.projection = "serial"); a dense one a group every C cycles (one class
-    # each) into its MAC array, whose result the next cycle writes
+    # (SparseProjection.LATENCY), or one every C + 1 cycles when it reads e one class a
+    # cycle (hardware.projection = "serial"); a dense one a group every C cycles (one
+    # class each) into its MAC array, whose result the next cycle writes
     if cfg.feedback.kind == "sparse":
-        per_group = C if cfg.projection == "serial" else 1
+        per_group = C + 1 if cfg.projection == "serial" else 1
         dfa_layer = [groups[l] * per_group + 1 + SparseProjection.LATENCY for l in range(L - 1)]
     else:
         dfa_layer = [groups[l] * C + 2 for l in range(L - 1)]

@@ -52,14 +52,17 @@ class SparseProjection(wiring.Component):
     (``s1_valid``, ``s1_g``, ``s1_keep``, ``s1_active``, and ``sum_frac``, the fraction
     bits of ``s1_g``) so that the formal check can state what they hold.
 
-    With ``cfg.projection == "serial"`` the first stage reads ``e`` one class a cycle: in
-    cycle ``c`` of a transfer it adds, in every lane, the terms whose entry names class
-    ``c`` (one shared ``C``-way multiplexer and negation instead of one per lane and
-    entry). It accepts the transfer (``i.ready``) in the cycle of class ``C - 1``, so a
-    transfer takes ``C`` cycles and ``i`` must hold it that long (the stream rule). The
-    sum is the same exact integer, so the outputs are those of the parallel form, bit for
-    bit. ``s0_class`` (the class of this cycle) and ``s0_acc`` (each lane's sum over the
-    classes before it) are attributes for the formal check.
+    With ``cfg.projection == "serial"`` the first stage reads ``e`` one class a cycle
+    through one shared ``C``-way multiplexer and negation (instead of one per lane and
+    entry), into registers: in step ``c`` (``s0_class``) of a transfer, ``c < C``, it
+    registers ``e[c]`` and ``-e[c]`` (``s0_e``, ``s0_e_neg``, class ``s0_bclass``), and in
+    step ``c >= 1`` every lane adds the terms whose entry names class ``c - 1`` to its
+    running sum (``s0_acc``). It accepts the transfer (``i.ready``) in step ``C``, so a
+    transfer takes ``C + 1`` cycles and ``i`` must hold it that long (the stream rule).
+    The broadcast registers keep the multiplexer and the negation out of the lanes' adder
+    path (in one cycle they limited a P = 8 ECP5 build to 79.8 MHz). The sum is the same
+    exact integer, so the outputs are those of the parallel form, bit for bit. The
+    ``s0_*`` registers are attributes for the formal check.
     """
 
     #: Cycles from an accepted input to its output while ``o`` is not stalled.
@@ -85,7 +88,10 @@ class SparseProjection(wiring.Component):
         self.s1_active = Signal(lanes)
         self.serial = cfg.projection == "serial"
         if self.serial:
-            self.s0_class = Signal(range(C))
+            self.s0_class = Signal(range(C + 1))
+            self.s0_bclass = Signal(range(C))
+            self.s0_e = Signal(f.error.amaranth_shape())
+            self.s0_e_neg = Signal(signed(self._g_width))
             self.s0_acc = [Signal(signed(self._g_width), name=f"s0_acc{p}") for p in range(lanes)]
         super().__init__({
             "i": In(stream.Signature(data.StructLayout({
@@ -111,19 +117,23 @@ class SparseProjection(wiring.Component):
         serial = self.serial
         C = cfg.n_classes
         if serial:
-            # the class of this cycle; the transfer is taken in the cycle of the last class
-            last = self.s0_class == C - 1
-            take = advance & self.i.valid & last
+            # step s0_class of the transfer; it is taken in step C
+            step = advance & self.i.valid
+            last = self.s0_class == C
+            take = step & last
             m.d.comb += self.i.ready.eq(advance & last)
-            with m.If(advance & self.i.valid):
+            with m.If(step):
                 m.d.sync += self.s0_class.eq(Mux(last, 0, self.s0_class + 1))
-            # one multiplexer and one negation for all lanes
+            # one multiplexer and one negation for all lanes, into the broadcast registers
             e_c = Signal(f.error.amaranth_shape(), name="e_class")
             m.d.comb += e_c.eq(e[self.s0_class])
-            if fb.values == "pm1":
-                e_c_pos = Signal(signed(g_width), name="e_class_pos")
-                e_c_neg = Signal(signed(g_width), name="e_class_neg")
-                m.d.comb += [e_c_pos.eq(e_c if narrow else e_c << ffb), e_c_neg.eq(-e_c_pos)]
+            with m.If(step & ~last):
+                m.d.sync += [self.s0_e.eq(e_c), self.s0_bclass.eq(self.s0_class),
+                             self.s0_e_neg.eq(-(e_c if narrow else e_c << ffb))]
+            e_c_pos = Signal(signed(g_width), name="e_class_pos")
+            m.d.comb += e_c_pos.eq(self.s0_e if narrow else self.s0_e << ffb)
+            e_c_neg = self.s0_e_neg
+            adding = step & (self.s0_class != 0)     # the lanes add class s0_bclass
         else:
             take = advance & self.i.valid
             m.d.comb += self.i.ready.eq(advance)
@@ -136,12 +146,12 @@ class SparseProjection(wiring.Component):
                 ent = self.i.payload.entries[p][j]
                 term = Signal(signed(g_width), name=f"signed_term{p}_{j}")
                 if serial and fb.values == "pm1":
-                    m.d.comb += term.eq(Mux(ent.index == self.s0_class, Mux(ent.sign, e_c_neg, e_c_pos), 0))
+                    m.d.comb += term.eq(Mux(ent.index == self.s0_bclass, Mux(ent.sign, e_c_neg, e_c_pos), 0))
                     terms.append(term)
                     continue
                 sel = Signal(f.error.amaranth_shape(), name=f"e_sel{p}_{j}")
                 if serial:
-                    m.d.comb += sel.eq(Mux(ent.index == self.s0_class, e_c, 0))
+                    m.d.comb += sel.eq(Mux(ent.index == self.s0_bclass, self.s0_e, 0))
                 else:
                     m.d.comb += sel.eq(e[ent.index])
                 mag = Signal(signed(g_width), name=f"term{p}_{j}")
@@ -157,9 +167,10 @@ class SparseProjection(wiring.Component):
             for t in terms[1:]:
                 total = total + t
             if serial:
-                # the sum over classes 0..c; the accumulator starts again after the last
+                # the running sum over the classes added so far; it starts again after the
+                # last (s1_g takes the whole sum)
                 acc = self.s0_acc[p]
-                with m.If(advance & self.i.valid):
+                with m.If(adding):
                     m.d.sync += acc.eq(Mux(last, 0, acc + total))
                 total = acc + total
             with m.If(advance):

@@ -320,8 +320,9 @@ class ProjectionSpec(Elaboratable):
     as long as the induction looks.
 
     A serial unit (``hardware.projection = "serial"``) also holds a transfer part-way: the
-    spec states that it is past class 0 only while ``i`` holds a transfer back, and that
-    each lane's running sum is the model's sum over the classes before the current one."""
+    spec states that it is past step 0 only while ``i`` holds a transfer back, that its
+    broadcast registers hold ``e`` (and ``-e``) of the class before its step, and that
+    each lane's running sum is the model's sum over the classes before that one."""
 
     def __init__(self, cfg, lanes, *, wrong=False):
         self.cfg, self.lanes, self.wrong = cfg, lanes, wrong
@@ -374,12 +375,24 @@ class ProjectionSpec(Elaboratable):
         if dut.serial:
             held = Signal(reset_less=True)       # i held a transfer back in the last cycle
             m.d.sync += held.eq(dut.i.valid & ~dut.i.ready)
-            m.d.comb += [Assert(dut.s0_class < self.cfg.n_classes, "no such class"),
-                         Assert((dut.s0_class == 0) | held, "a transfer part-way with none held")]
-            partial = projection_sums(self.cfg, self.lanes, dut.i.payload, below=dut.s0_class)
+            C = self.cfg.n_classes
+            step = dut.s0_class
+            m.d.comb += [Assert(step <= C, "no such step"),
+                         Assert((step == 0) | held, "a transfer part-way with none held")]
+            added = Signal(range(C + 1))            # the class the lanes add in this step
+            m.d.comb += added.eq(step - 1)
+            partial = projection_sums(self.cfg, self.lanes, dut.i.payload, below=added)
             scale = f.error.frac_bits + f.feedback.frac_bits - dut.sum_frac
+            e_added = Array(dut.i.payload.e[c] for c in range(C))[added[:len(dut.s0_bclass)]]
+            with m.If(step != 0):
+                m.d.comb += [Assert(dut.s0_bclass == added, "the broadcast names the wrong class"),
+                             Assert(dut.s0_e == e_added, "the broadcast holds the wrong error")]
+                if fb.values == "pm1":
+                    m.d.comb += Assert(dut.s0_e_neg.as_signed() << scale ==
+                                       -(e_added.as_signed() << f.feedback.frac_bits),
+                                       "the broadcast holds the wrong negated error")
             for p in range(self.lanes):
-                m.d.comb += Assert((dut.s0_acc[p].as_signed() << scale) == Mux(dut.s0_class == 0, 0, partial[p]),
+                m.d.comb += Assert((dut.s0_acc[p].as_signed() << scale) == Mux(step == 0, 0, partial[p]),
                                    "a running sum differs from the model's")
         return m
 
