@@ -27,7 +27,7 @@ from types import SimpleNamespace
 
 import numpy as np
 from amaranth.hdl import (Array, Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux,
-                          ResetSignal, Signal, signed, unsigned)
+                          ResetSignal, Signal, Value, signed, unsigned)
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -764,28 +764,42 @@ class Engine(wiring.Component):
         delay_data([in_addr, in_g, in_layer], [out_addr, out_g, out_layer], UPDATE_LATENCY - 1, "upd_stage")
         w_write = Signal()
         m.d.comb += w_write.eq(out_we.any())
-        # host writes of a weight (HOST_MERGE): a register per layer, set by HOST_READ
+        # host writes of a weight (in HOST_MERGE): a register per layer, set by HOST_READ
         host_w_we = Signal(L, name="host_w_we")
         host_w_word = Signal(P * wW)            # the word a host request reads (HOST_READ)
         host_b_word = Signal(P * bW)
-        m.d.sync += host_w_we.eq(0)
+        host_b_we = Signal(L, name="host_b_we")  # the same for a bias
+        m.d.sync += [host_w_we.eq(0), host_b_we.eq(0)]
+        # a host write: the word read, with the request's lane replaced. The write ports
+        # choose it by the registered enables, not by the controller's state: the state's
+        # decode in front of the memories' data was a critical path of the ECP5 build.
+        w_merged = Cat(*(Mux(lat_lane == p, lat_data[:wW], host_w_word[p * wW:(p + 1) * wW]) for p in range(P)))
+        b_merged = Cat(*(Mux(lat_lane == p, lat_data[:bW], host_b_word[p * bW:(p + 1) * bW]) for p in range(P)))
         for l in range(L):
             m.d.comb += [W_wr[l].addr.eq(Mux(host_w_we[l], lat_w_addr, out_addr)),
-                         W_wr[l].data.eq(u.o.payload.w.as_value()),
+                         W_wr[l].data.eq(Mux(host_w_we[l], w_merged, u.o.payload.w.as_value())),
                          W_wr[l].en.eq(out_we[l] | host_w_we[l])]
             with m.If(ub.o.valid & (out_layer == l)):
                 m.d.comb += [b_wr[l].addr.eq(out_g), b_wr[l].data.eq(ub.o.payload.w.as_value()),
                              b_wr[l].en.eq(1)]
+            with m.If(host_b_we[l]):
+                m.d.comb += [b_wr[l].addr.eq(lat_b_addr), b_wr[l].data.eq(b_merged), b_wr[l].en.eq(1)]
         # saturation of padding lanes cannot happen: their delta is 0, so dW = 0.
         sat_inc.append(Mux(u.o.valid, u.o.payload.sat_update + u.o.payload.sat_weight, 0))
         sat_inc.append(Mux(ub.o.valid, ub.o.payload.sat_update + ub.o.payload.sat_weight, 0))
 
         # ---- saturation counter -------------------------------------------------------
-        # The per-cycle counts are summed by a balanced tree into a register and counted the
-        # cycle after (a reset does not drop them: reset_less); one long chain of adders
+        # The per-cycle counts are summed by a balanced tree into a register and counted two
+        # cycles after (a reset does not drop them: reset_less); one long chain of adders
         # into the 32-bit saturating counter was the engine's critical path.
         e_sat = Signal(16)
-        terms = [*sat_inc, e_sat]
+        # each unit's count is registered first (the forward count follows a requantizer's
+        # comparisons: in one cycle with the tree it was an ECP5 build's critical path)
+        terms = []
+        for i, t in enumerate([*sat_inc, e_sat]):
+            t_q = Signal(len(Value.cast(t)), name=f"sat_term{i}", reset_less=True)
+            m.d.sync += t_q.eq(t)
+            terms.append(t_q)
         while len(terms) > 1:
             terms = [terms[i] + terms[i + 1] if i + 1 < len(terms) else terms[i] for i in range(0, len(terms), 2)]
         sat_q = Signal(16, reset_less=True)
@@ -1061,7 +1075,8 @@ class Engine(wiring.Component):
                 with m.Switch(lat_layer):
                     for l in range(L):
                         with m.Case(l):
-                            m.d.sync += host_w_we[l].eq(lat_write & (lat_kind == 0))
+                            m.d.sync += [host_w_we[l].eq(lat_write & (lat_kind == 0)),
+                                         host_b_we[l].eq(lat_write & (lat_kind == 1))]
                 m.next = "HOST_MERGE"
             with m.State("HOST_MERGE"):
                 value = Signal(signed(self._data_width))
@@ -1073,18 +1088,7 @@ class Engine(wiring.Component):
                     with m.Case(2):
                         m.d.comb += value.eq(Array(counters[name] for name in COUNTERS)[lat_counter])
                 m.d.sync += self.host_resp.payload.data.eq(value)
-                with m.If(lat_write):
-                    w_merged = [Mux(lat_lane == p, lat_data[:wW], host_w_word[p * wW:(p + 1) * wW]) for p in range(P)]
-                    b_merged = [Mux(lat_lane == p, lat_data[:bW], host_b_word[p * bW:(p + 1) * bW]) for p in range(P)]
-                    with m.Switch(lat_layer):
-                        for l in range(L):
-                            with m.Case(l):
-                                with m.If(lat_kind == 0):
-                                    # address and enable: host_w_we, set by HOST_READ
-                                    m.d.comb += W_wr[l].data.eq(Cat(*w_merged))
-                                with m.Else():
-                                    m.d.comb += [b_wr[l].addr.eq(lat_b_addr), b_wr[l].data.eq(Cat(*b_merged)),
-                                                 b_wr[l].en.eq(1)]
+                # a write lands now: host_w_we / host_b_we, set by HOST_READ
                 m.next = "HOST_RESP"
             with m.State("HOST_RESP"):
                 m.d.comb += self.host_resp.valid.eq(~reset_req)
@@ -1097,16 +1101,24 @@ class Engine(wiring.Component):
                                  fsm.ongoing("HOST_RESP"))
         # A reset is counted in the cycle it is taken; the core's registers reset at the end
         # of the next (the wrapper's register), so a request held longer counts once.
+        # The counts land a cycle later, from registers (reset_less: they outlive the reset
+        # they count): the reset's decode in front of the counters' enables was a critical
+        # path of the ECP5 build.
         in_reset = Signal(reset_less=True)
         m.d.sync += in_reset.eq(core_reset)
         taken = core_reset & ~in_reset
-        with m.If(taken):
+        taken_q, aborted_q, dropped_q = (Signal(reset_less=True, name=n_)
+                                         for n_ in ("reset_taken", "reset_aborts", "reset_drops"))
+        m.d.sync += [taken_q.eq(taken),
+                     aborted_q.eq(taken & fsm.ongoing("LOAD") & (j != 0)),     # a partial sample, discarded
+                     dropped_q.eq(taken & (fsm.ongoing("RESULT") | fsm.ongoing("HOST_READ") |
+                                           fsm.ongoing("HOST_MERGE") | fsm.ongoing("HOST_RESP")))]   # never offered
+        with m.If(taken_q):
             m.d.sync += bump("resets")
-        with m.If(taken & fsm.ongoing("LOAD") & (j != 0)):
-            m.d.sync += bump("aborted_samples")     # a partial sample, discarded
-        with m.If(taken & (fsm.ongoing("RESULT") | fsm.ongoing("HOST_READ") | fsm.ongoing("HOST_MERGE") |
-                           fsm.ongoing("HOST_RESP"))):
-            m.d.sync += bump("dropped_outputs")     # a result or response never offered
+        with m.If(aborted_q):
+            m.d.sync += bump("aborted_samples")
+        with m.If(dropped_q):
+            m.d.sync += bump("dropped_outputs")
 
 
 def host_address(cfg: EngineConfig, kind: str, layer: int = 0, row: int = 0, column: int = 0,
