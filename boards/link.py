@@ -166,10 +166,18 @@ class HostLink(wiring.Component):
         n = count
         crc_ok = crc == last2
         frame_end = Signal(17)             # flen + header + CRC, summed when flen arrives
-        len_ok = n == frame_end
-        type_ok = Const(0)
+        # The frame's checks come from registers, so that closing a frame is a few gates
+        # (in one cycle with the comparisons it was the UP5K build's critical path):
+        # len_ok is set with the byte that makes count == frame_end (frame_end is at least
+        # HEADER + CRC, and exact from the third byte on, before any count could reach
+        # it); type_ok follows ftype and flen a cycle behind (a frame is checked only
+        # when it has HEADER + CRC bytes, two after the length).
+        len_ok = Signal()
+        type_ok = Signal()
+        type_match = Const(0)
         for t in TO_BOARD:
-            type_ok = type_ok | ((ftype == t) & (flen == fmt.payload_length(t)))
+            type_match = type_match | ((ftype == t) & (flen == fmt.payload_length(t)))
+        m.d.sync += type_ok.eq(type_match)
 
         with m.If(ev_error & ~hunting):
             m.d.sync += poisoned.eq(1)
@@ -187,7 +195,8 @@ class HostLink(wiring.Component):
                         m.d.sync += cnt.frames_ok.eq(cnt.frames_ok + 1)
                         m.d.comb += start.eq(1)
                 # ... and open the next.
-                m.d.sync += [hunting.eq(0), escape.eq(0), poisoned.eq(0), count.eq(0), crc_on.eq(0), in_x.eq(0),
+                m.d.sync += [hunting.eq(0), escape.eq(0), poisoned.eq(0), count.eq(0), len_ok.eq(0), crc_on.eq(0),
+                             in_x.eq(0),
                              crc.eq(CRC_INIT),
                              vbyte.eq(0), vidx.eq(0)]
             with m.Elif(hunting):
@@ -203,7 +212,7 @@ class HostLink(wiring.Component):
                 # Overlong: no valid frame is this long. Drop the rest up to the next FLAG.
                 m.d.sync += [cnt.bad_frame.eq(cnt.bad_frame + 1), hunting.eq(1)]
             with m.Else():
-                m.d.sync += [count.eq(count + 1), last2.eq(Cat(last2[8:], d)),
+                m.d.sync += [count.eq(count + 1), len_ok.eq(count + 1 == frame_end), last2.eq(Cat(last2[8:], d)),
                              crc_on.eq(count != 0), in_x.eq(count >= HEADER_BYTES + x_field.offset - 1)]
                 with m.If(crc_on):
                     m.d.sync += crc.eq(crc16_step(crc, last2[:8]))
