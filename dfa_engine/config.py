@@ -36,7 +36,7 @@ SCHEDULES = ("two_pass", "one_pass")
 #: How a sparse feedback unit reads the output error. "parallel": each lane selects the
 #: errors its entries name through a C-way multiplexer, one group of P neurons a cycle.
 #: "serial": the errors are broadcast one class a cycle and each lane adds those its
-#: entries name, C cycles a group and no multiplexer per lane (the multiplexers are about
+#: entries name, C + 1 cycles a group and no multiplexer per lane (the multiplexers are about
 #: half of a 64-lane unit's logic). The sums are exact either way: same deltas, bit for bit.
 PROJECTIONS = ("parallel", "serial")
 FORMAT_NAMES = ("input", "weight", "bias", "activation", "error", "feedback", "delta",

@@ -567,7 +567,7 @@ class Engine(wiring.Component):
             m.d.sync += dfa_s2[l].eq(0)
             if sparse:
                 pr = proj[l]
-                # a serial unit takes a group in C cycles: while it holds one back, the
+                # a serial unit takes a group in C + 1 cycles: while it holds one back, the
                 # group stays on its input (the memories read its address again)
                 held = dfa_s2[l] & ~pr.i.ready
                 issue = dfa_run & (dfa_g[l] < G[l]) & ~held
