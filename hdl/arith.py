@@ -78,14 +78,15 @@ class Requantize(wiring.Component):
         rounded = Signal(signed(wide))
         if shift <= 0:
             m.d.comb += rounded.eq(self.i << -shift)
+        elif self._mode == "trunc":
+            m.d.comb += rounded.eq(self.i >> shift)
+        elif self._mode == "nearest":
+            # floor((x + 2^(s-1)) / 2^s) = floor((floor(x / 2^(s-1)) + 1) / 2): the bits
+            # below s - 1 cannot carry into the result, so the adder spans only the bits
+            # that survive (a full-width adder was half of every requantizer's carry chain)
+            m.d.comb += rounded.eq(((self.i >> (shift - 1)) + 1) >> 1)
         else:
-            if self._mode == "trunc":
-                bias = 0
-            elif self._mode == "nearest":
-                bias = Const(1 << (shift - 1), unsigned(shift))
-            else:
-                bias = self.rand[:shift]
-            m.d.comb += rounded.eq((self.i + bias) >> shift)
+            m.d.comb += rounded.eq((self.i + self.rand[:shift]) >> shift)
         lo, hi = fmt.min_raw, fmt.max_raw
         # The rounded value's range, from the input's: when it lies inside the format no
         # clamp can fire, and none is built (less logic, and a faster Verilator model).
@@ -98,9 +99,20 @@ class Requantize(wiring.Component):
         if lo <= out_lo and out_hi <= hi:
             m.d.comb += self.o.eq(rounded)
             return m
-        with m.If(rounded > hi):
+        # Out of range, from the bits alone: a value fits a signed w-bit format when its
+        # bits from w - 1 up are copies of its sign, an unsigned one when those from w up
+        # are zero and it is not negative. (Comparisons with the bounds became carry
+        # chains, two per requantizer, on the ECP5.)
+        sign = rounded[-1]
+        if fmt.signed:
+            upper = rounded[fmt.width - 1:wide - 1]
+            over, under = ~sign & upper.any(), sign & ~upper.all()
+        else:
+            upper = rounded[fmt.width:wide - 1]
+            over, under = ~sign & upper.any(), sign
+        with m.If(over):
             m.d.comb += [self.o.eq(hi), self.saturated.eq(1)]
-        with m.Elif(rounded < lo):
+        with m.Elif(under):
             m.d.comb += [self.o.eq(lo), self.saturated.eq(1)]
         with m.Else():
             m.d.comb += self.o.eq(rounded)

@@ -288,9 +288,19 @@ class Engine(wiring.Component):
         x_shape = signed(max(f.input.width + (0 if f.input.signed else 1), aw))
         acc_width = cfg.accumulator_bits(0)
         max_bias_shift = max(cfg.accumulator_frac(l) - f.bias.frac_bits for l in range(L))
+        # The forward sums of every layer are brought to the largest accumulator fraction
+        # (an exact left shift, so the rounded results are the per-layer ones; docs/numerics.md).
+        # Where the shifted inputs still fit the MAC's operand, the broadcast input is
+        # shifted (one shifter) instead of the P sums (a layer multiplexer per lane); the
+        # accumulator then holds the aligned sum, fwd_width bits.
+        fwd_fracs = [cfg.accumulator_frac(l) for l in range(L)]
+        fwd_frac = max(fwd_fracs)
+        fwd_width = acc_width + fwd_frac - min(fwd_fracs)
+        x_in_widths = [f.input.width + (0 if f.input.signed else 1)] + [aw] * (L - 1)
+        align_x = max(w_ + fwd_frac - fr for w_, fr in zip(x_in_widths, fwd_fracs)) <= x_shape.width
         m.submodules.mac = mac = MACArray(lanes=P, x_shape=x_shape, w_shape=f.weight.amaranth_shape(),
-                                          acc_width=acc_width, bias_shape=signed(bW + max_bias_shift),
-                                          product_stage=True)
+                                          acc_width=fwd_width if align_x else acc_width,
+                                          bias_shape=signed(bW + max_bias_shift), product_stage=True)
         m.d.comb += mac.o.ready.eq(1)
         m.submodules.oerr = oerr = OutputError(cfg, P)
         # the output error lives in the unit's registers (valid from ERR_WAIT to the next ERR)
@@ -427,7 +437,8 @@ class Engine(wiring.Component):
         with m.Switch(s2_layer):
             for l in range(L):
                 with m.Case(l):
-                    m.d.comb += [x_sel.eq(input_element(l)), x_upd.eq(input_element(l, old=True))]
+                    x_shift = fwd_frac - fwd_fracs[l] if align_x else 0
+                    m.d.comb += [x_sel.eq(input_element(l) << x_shift), x_upd.eq(input_element(l, old=True))]
 
         # MAC feed (FWD). Whole memory words are multiplexed by layer and assigned to whole
         # payload fields: per-lane assignments inside a case statement become partial writes
@@ -442,8 +453,9 @@ class Engine(wiring.Component):
         bias_lane_width = len(mac.i.payload.bias[0])
 
         def aligned_bias(words, lyr):
-            """The P biases of a word, aligned to the accumulator of layer ``lyr``."""
-            sh = cfg.accumulator_frac(lyr) - f.bias.frac_bits
+            """The P biases of a word, aligned to the accumulator of layer ``lyr`` (with
+            ``align_x``, to the common fraction of every layer's)."""
+            sh = (fwd_frac if align_x else cfg.accumulator_frac(lyr)) - f.bias.frac_bits
             aligned_lanes = []
             for p, lane in enumerate(lanes_of(words, bW, f.bias.amaranth_shape())):
                 al = Signal(signed(bias_lane_width), name=f"bias_al{lyr + 1}_{p}")
@@ -480,13 +492,15 @@ class Engine(wiring.Component):
             delay_data([s2_first, s2_last, s2_g, s2_layer, x_sel], [s3_first, s3_last, s3_g, s3_layer, s3_x],
                        UPDATE_LATENCY, "mac_stage")
             m.d.comb += [mac.i.payload.w.eq(upd.o.payload.w.as_value()),
-                         mac.i.payload.bias.eq(Array(aligned_bias(upd_b.o.payload.w.as_value(), l)
+                         mac.i.payload.bias.eq(aligned_bias(upd_b.o.payload.w.as_value(), 0) if align_x else
+                                               Array(aligned_bias(upd_b.o.payload.w.as_value(), l)
                                                      for l in range(L))[s3_layer]),
                          mac.i.valid.eq(s3_valid), mac.i.payload.x.eq(s3_x),
                          mac.i.payload.first.eq(s3_first), mac.i.payload.last.eq(s3_last)]
         else:
             m.d.comb += [mac.i.payload.w.eq(w_word),
-                         mac.i.payload.bias.eq(Array(aligned_bias(b_rd[l].data, l) for l in range(L))[s2_layer]),
+                         mac.i.payload.bias.eq(aligned_bias(b_word, 0) if align_x else
+                                               Array(aligned_bias(b_rd[l].data, l) for l in range(L))[s2_layer]),
                          mac.i.valid.eq(s2_valid & fwd_active), mac.i.payload.x.eq(x_sel),
                          mac.i.payload.first.eq(s2_first), mac.i.payload.last.eq(s2_last)]
 
@@ -497,17 +511,17 @@ class Engine(wiring.Component):
         # aligned to the largest fraction (an exact left shift), which leaves the rounded
         # value unchanged (docs/numerics.md: floor((x 2^k + 2^(s+k-1)) / 2^(s+k)) = the
         # per-layer rounding).
-        fwd_fracs = [cfg.accumulator_frac(l) for l in range(L)]
-        fwd_frac = max(fwd_fracs)
-        fwd_width = acc_width + fwd_frac - min(fwd_fracs)
         rq = [Requantize(fwd_width, fwd_frac, f.activation, cfg.rounding_forward) for _ in range(P)]
         for p in range(P):
             m.submodules[f"rq_fwd{p}"] = rq[p]
             aligned = Signal(signed(fwd_width), name=f"fwd_aligned{p}")
-            with m.Switch(res_layer):
-                for l in range(L):
-                    with m.Case(l):
-                        m.d.comb += aligned.eq(mac.o.payload[p] << (fwd_frac - fwd_fracs[l]))
+            if align_x:
+                m.d.comb += aligned.eq(mac.o.payload[p])
+            else:
+                with m.Switch(res_layer):
+                    for l in range(L):
+                        with m.Case(l):
+                            m.d.comb += aligned.eq(mac.o.payload[p] << (fwd_frac - fwd_fracs[l]))
             m.d.comb += rq[p].i.eq(aligned)
         # The requantized results are registered before the activation and the writes (the
         # accumulator's rounding, saturation, activation and write in one cycle ran the
@@ -775,15 +789,22 @@ class Engine(wiring.Component):
         # decode in front of the memories' data was a critical path of the ECP5 build.
         w_merged = Cat(*(Mux(lat_lane == p, lat_data[:wW], host_w_word[p * wW:(p + 1) * wW]) for p in range(P)))
         b_merged = Cat(*(Mux(lat_lane == p, lat_data[:bW], host_b_word[p * bW:(p + 1) * bW]) for p in range(P)))
+        # One write word and address for all layers' weight (and bias) memories, chosen by
+        # a register (host_w_wr: a host write of any layer): the layers differ only in
+        # their enables, so the word multiplexer is not built once per layer.
+        host_w_wr, host_b_wr = Signal(name="host_w_wr"), Signal(name="host_b_wr")
+        m.d.sync += [host_w_wr.eq(0), host_b_wr.eq(0)]
+        w_wr_addr, w_wr_data = Signal.like(out_addr, name="w_wr_addr"), Signal(P * wW, name="w_wr_data")
+        b_wr_addr, b_wr_data = Signal.like(g, name="b_wr_addr"), Signal(P * bW, name="b_wr_data")
+        m.d.comb += [w_wr_addr.eq(Mux(host_w_wr, lat_w_addr, out_addr)),
+                     w_wr_data.eq(Mux(host_w_wr, w_merged, u.o.payload.w.as_value())),
+                     b_wr_addr.eq(Mux(host_b_wr, lat_b_addr, out_g)),
+                     b_wr_data.eq(Mux(host_b_wr, b_merged, ub.o.payload.w.as_value()))]
         for l in range(L):
-            m.d.comb += [W_wr[l].addr.eq(Mux(host_w_we[l], lat_w_addr, out_addr)),
-                         W_wr[l].data.eq(Mux(host_w_we[l], w_merged, u.o.payload.w.as_value())),
-                         W_wr[l].en.eq(out_we[l] | host_w_we[l])]
-            with m.If(ub.o.valid & (out_layer == l)):
-                m.d.comb += [b_wr[l].addr.eq(out_g), b_wr[l].data.eq(ub.o.payload.w.as_value()),
-                             b_wr[l].en.eq(1)]
-            with m.If(host_b_we[l]):
-                m.d.comb += [b_wr[l].addr.eq(lat_b_addr), b_wr[l].data.eq(b_merged), b_wr[l].en.eq(1)]
+            m.d.comb += [W_wr[l].addr.eq(w_wr_addr), W_wr[l].data.eq(w_wr_data),
+                         W_wr[l].en.eq(out_we[l] | host_w_we[l]),
+                         b_wr[l].addr.eq(b_wr_addr), b_wr[l].data.eq(b_wr_data),
+                         b_wr[l].en.eq((ub.o.valid & (out_layer == l)) | host_b_we[l])]
         # saturation of padding lanes cannot happen: their delta is 0, so dW = 0.
         sat_inc.append(Mux(u.o.valid, u.o.payload.sat_update + u.o.payload.sat_weight, 0))
         sat_inc.append(Mux(ub.o.valid, ub.o.payload.sat_update + ub.o.payload.sat_weight, 0))
@@ -1059,7 +1080,7 @@ class Engine(wiring.Component):
                                  self.host_resp.payload.error.eq(1), self.host_resp.payload.data.eq(0)]
                     m.next = "HOST_RESP"
                 with m.Else():
-                    m.d.sync += [self.host_resp.payload.error.eq(0),
+                    m.d.sync += [self.host_resp.payload.error.eq(0), s2_layer.eq(lat_layer),
                                  lat_write.eq(lat_req_write & (lat_kind != 2))]
                     with m.Switch(lat_layer):
                         for l in range(L):
@@ -1070,8 +1091,10 @@ class Engine(wiring.Component):
                 # the words land in registers first: a block RAM's output is slow (5.8 ns
                 # on the ECP5 without its output register), too slow to drive the lane
                 # multiplexer and the response in the same cycle
-                m.d.sync += [host_w_word.eq(Array(W_rd[l].data for l in range(L))[lat_layer]),
-                             host_b_word.eq(Array(b_rd[l].data for l in range(L))[lat_layer])]
+                # (w_word and b_word: the streaming passes' layer multiplexers, which
+                # HOST_ISSUE pointed at the request's layer)
+                m.d.sync += [host_w_word.eq(w_word), host_b_word.eq(b_word),
+                             host_w_wr.eq(lat_write & (lat_kind == 0)), host_b_wr.eq(lat_write & (lat_kind == 1))]
                 with m.Switch(lat_layer):
                     for l in range(L):
                         with m.Case(l):

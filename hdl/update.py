@@ -114,10 +114,21 @@ class UpdateLanes(wiring.Component):
         pin = Signal.like(self.i.payload, name="pin")
         delta_r = [Signal.like(self.i.payload.delta[p], name=f"opnd_delta{p}", reset_less=True)
                    for p in range(self._lanes)]
-        h = Const(1, 1) if self._for_bias else Signal.like(self.i.payload.h, name="opnd_h", reset_less=True)
+        # A weight unit aligns the broadcast input, not the P products: one shifter for
+        # h in front of the multipliers instead of one layer multiplexer per lane behind
+        # them (the same product, bit for bit: (delta h) 2^k = delta (h 2^k)).
+        h_aligned = not self._for_bias and max(aligns) > 0
+        if self._for_bias:
+            h = Const(1, 1)
+        elif h_aligned:
+            sgn = self.i.payload.h.shape().signed
+            width = max(x.width + (1 if sgn and not x.signed else 0) + k for x, k in zip(self._x_fmts, aligns))
+            h = Signal(signed(width) if sgn else unsigned(width), name="opnd_h", reset_less=True)
+        else:
+            h = Signal.like(self.i.payload.h, name="opnd_h", reset_less=True)
         products = [delta_r[p] * h if lr_raw == 1 else delta_r[p] * h * lr_raw for p in range(self._lanes)]
         prod_width = len(products[0])
-        aligned_width = prod_width + max(aligns)
+        aligned_width = prod_width + (0 if h_aligned else max(aligns))
         # Four stages that advance together: I holds the input, A the products (and the
         # weights, layer and random words that go with them), B the rounded and saturated
         # dW, then the outputs.
@@ -128,7 +139,12 @@ class UpdateLanes(wiring.Component):
             m.d.sync += [i_valid.eq(self.i.valid), a_valid.eq(i_valid), b_valid.eq(a_valid),
                          self.o.valid.eq(b_valid), pin.eq(self.i.payload)]
             m.d.sync += [d.eq(self.i.payload.delta[p]) for p, d in enumerate(delta_r)]
-            if not self._for_bias:
+            if h_aligned:
+                with m.Switch(self.i.payload.layer):
+                    for li, k in enumerate(aligns):
+                        with m.Case(li):
+                            m.d.sync += h.eq(self.i.payload.h << k)
+            elif not self._for_bias:
                 m.d.sync += h.eq(self.i.payload.h)
         sat_u, sat_w = [], []
         fire = advance & b_valid         # the output stage takes stage B's contents
@@ -144,7 +160,7 @@ class UpdateLanes(wiring.Component):
             aligned = Signal(signed(aligned_width), name=f"aligned{p}")
             rq = Requantize(aligned_width, frac, d_fmt, cfg.rounding_update)
             m.submodules[f"requant{p}"] = rq
-            if max(aligns) == 0:
+            if max(aligns) == 0 or h_aligned:
                 m.d.comb += aligned.eq(prod)
             else:
                 with m.Switch(sel):

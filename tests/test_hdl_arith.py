@@ -54,6 +54,41 @@ def test_requantize_matches_golden(in_width, in_frac, fmt, mode):
     assert len(seen_sat) == len(values)
 
 
+@pytest.mark.parametrize("in_width,in_frac,fmt,mode", [
+    (9, 5, "s1.2", "nearest"), (9, 5, "s1.2", "trunc"), (9, 5, "s1.2", "stochastic"),
+    (9, 3, "u1.2", "nearest"), (9, 3, "u0.4", "trunc"),          # negative inputs clamp to 0
+    (8, 0, "s2.1", "nearest"), (8, 2, "u1.3", "nearest"),         # left shifts that saturate
+    (8, 12, "u0.1", "trunc"), (8, 11, "u1.0", "trunc"),           # shifts past the input's width
+    (10, 4, "s3.0", "nearest"),
+])
+def test_requantize_exhaustive(in_width, in_frac, fmt, mode):
+    """Every input of a narrow requantizer (and, stochastic, several random words each):
+    the rounding's narrow adder and the bitwise range check against the golden model."""
+    fmt = FixedFormat.parse(fmt)
+    dut = Requantize(in_width, in_frac, fmt, mode)
+    values = range(-(1 << (in_width - 1)), 1 << (in_width - 1))
+    rands = [0, 1, 0x5A5A5A5A, 0xFFFFFFFF] if mode == "stochastic" else [0]
+    counts = {"checked": 0, "saturated": 0}
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(dut.i, v)
+            for r in rands:
+                if mode == "stochastic":
+                    ctx.set(dut.rand, r)
+                stats = {}
+                want = int(requantize(np.int64(v), in_frac, fmt, mode, np.int64(r), stats, "s"))
+                assert (ctx.get(dut.o), ctx.get(dut.saturated)) == (want, 1 if stats else 0), (v, r)
+                counts["checked"] += 1
+                counts["saturated"] += bool(stats)
+
+    sim = Simulator(dut)
+    sim.add_testbench(bench)
+    sim.run()
+    assert counts["checked"] == len(values) * len(rands)
+    assert counts["saturated"] > 0          # every case here reaches a clamp
+
+
 @pytest.mark.parametrize("per_cycle", [1, 3])
 def test_lfsr_draw_matches_reference(per_cycle):
     seed = seed_state(5, 2)
