@@ -13,7 +13,7 @@ from amaranth.lib.wiring import In, Out
 from dfa_engine.fixed import FixedFormat
 from dfa_engine.lfsr import MASK32, TAPS, draw
 
-__all__ = ["Requantize", "LFSRDraw", "leap_matrix", "times_const"]
+__all__ = ["Requantize", "LFSRDraw", "leap_matrix", "times_const", "hardtanh"]
 
 
 def times_const(x, c: int):
@@ -32,6 +32,21 @@ def times_const(x, c: int):
     for t in terms[1:]:
         total = total + t
     return total
+
+
+def hardtanh(a, frac_bits: int):
+    """``(clip(a, -1, 1), -1 < a < 1)`` of a signed raw value with ``frac_bits`` fraction
+    bits, from its bits alone (``docs/numerics.md``; golden: ``sim/golden.py``).
+
+    ``a >= 1`` when ``a`` is not negative and has an integer bit set; ``a <= -1`` when it
+    is negative and not ``-1`` plus a nonzero fraction. Clamping at ``a = +-1`` changes
+    nothing, so these two bits give the value, and the mask ("strictly inside") is
+    neither. Four comparisons with the bounds per lane were carry chains on the ECP5.
+    """
+    one = 1 << frac_bits
+    ge_one = ~a[-1] & a[frac_bits:-1].any()
+    le_minus_one = a[-1] & ~(a[frac_bits:-1].all() & a[:frac_bits].any())
+    return Mux(ge_one, one, Mux(le_minus_one, -one, a)), ~ge_one & ~le_minus_one
 
 
 class Requantize(wiring.Component):

@@ -35,7 +35,7 @@ from dfa_engine.config import EngineConfig
 from dfa_engine.feedback import feedback_matrix, initial_parameters, sparse_feedback
 from dfa_engine.lfsr import seed_state
 
-from .arith import LFSRDraw, Requantize, times_const
+from .arith import LFSRDraw, Requantize, hardtanh, times_const
 from .feedback import SparseProjection, entry_layout
 from .mac import MACArray
 from .memory import DelayLine, SinglePortRAM, is_ice40_up, spram_plan
@@ -279,6 +279,14 @@ class Engine(wiring.Component):
         d_rd = [mm.read_port() for mm in delta_mem]
         d_wr = [mm.write_port(granularity=dw) for mm in delta_mem]
         fb_rd = [None if mm is None else mm.read_port() for mm in fb_mem]
+
+        def lanes_active(group, rows):
+            """Per lane: is row ``group * P + p`` one of the ``rows``? Only the last group
+            can be partial, so two comparisons of the group number serve all P lanes (a
+            comparison per lane was 64 adders and comparators at P = 64)."""
+            n_groups, rem = _ceil_div(rows, P), rows - (_ceil_div(rows, P) - 1) * P
+            whole, any_ = group < n_groups - 1, group < n_groups
+            return [any_ if p < rem else whole for p in range(P)]
 
         def lanes_of(sig, width, shape):
             return [sig[p * width:(p + 1) * width].as_signed() if shape.signed else sig[p * width:(p + 1) * width]
@@ -535,7 +543,7 @@ class Engine(wiring.Component):
         for l in range(L):
             active_here = r_valid & (r_layer == l)
             nsat = Signal(range(P + 1), name=f"fwd_sat{l + 1}")
-            terms = [r_sat[p] & ((times_const(r_g, P) + p) < n[l + 1]) for p in range(P)]
+            terms = [r_sat[p] & act for p, act in enumerate(lanes_active(r_g, n[l + 1]))]
             acc_sum = terms[0]
             for t in terms[1:]:
                 acc_sum = acc_sum + t
@@ -549,9 +557,9 @@ class Engine(wiring.Component):
                         hv.append(Mux(a_ > 0, a_, 0))
                         mv.append(a_ > 0)
                     else:
-                        one = 1 << f.activation.frac_bits
-                        hv.append(Mux(a_ > one, one, Mux(a_ < -one, -one, a_)))
-                        mv.append((a_ > -one) & (a_ < one))
+                        h_, m_ = hardtanh(a_, f.activation.frac_bits)
+                        hv.append(h_)
+                        mv.append(m_)
                 m.d.comb += h_wr[l].addr.eq(Mux(cur, G[l] + r_g, r_g))
                 hsig = [Signal(f.activation.amaranth_shape(), name=f"hval{l + 1}_{p}") for p in range(P)]
                 for p in range(P):
@@ -626,14 +634,15 @@ class Engine(wiring.Component):
                     m.d.comb += pr.i.payload.e[c].eq(e_regs[c])
                 m.d.comb += [pr.i.payload.entries.eq(entries), pr.i.payload.mask.eq(mask_rd[l].data),
                              pr.i.valid.eq(dfa_s2[l])]
-                act_bits = [(times_const(dfa_s2g[l], P) + p) < n[l + 1] for p in range(P)]
-                m.d.comb += pr.i.payload.active.eq(Cat(*act_bits))
+                m.d.comb += pr.i.payload.active.eq(Cat(*lanes_active(dfa_s2g[l], n[l + 1])))
                 # o.ready is always high: a delta leaves the unit LATENCY cycles after its
                 # group went in, and its group number follows it through as many registers
                 delay_regs(dfa_s2g[l], dfa_out_g[l], SparseProjection.LATENCY, f"dfa_tag{l + 1}_")
+                # (the only writer of this memory: its word and address need no
+                # multiplexer, only its enables follow o.valid)
+                m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(pr.o.payload.delta.as_value())]
                 with m.If(pr.o.valid):
-                    m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(pr.o.payload.delta.as_value()),
-                                 d_wr[l].en.eq((1 << P) - 1)]
+                    m.d.comb += d_wr[l].en.eq((1 << P) - 1)
                     m.d.sync += dfa_written[l].eq(dfa_written[l] + 1)
                 sat_inc.append(Mux(pr.o.valid, pr.o.payload.saturated, 0))
             else:
@@ -661,17 +670,18 @@ class Engine(wiring.Component):
                 with m.If(dfa_s2[l] & s2_last_c):
                     m.d.sync += [mask_word.eq(mask_rd[l].data), dfa_out_g[l].eq(dfa_s2g[l])]
                 vals, nsat = [], []
+                out_active = lanes_active(dfa_out_g[l], n[l + 1])
                 for p in range(P):
                     rq = Requantize(len(dm.o.payload[p]), f.error.frac_bits + f.feedback.frac_bits, f.delta,
                                     cfg.rounding_backward)
                     m.submodules[f"rq_dense{l + 1}_{p}"] = rq
                     m.d.comb += rq.i.eq(dm.o.payload[p])
-                    active = (times_const(dfa_out_g[l], P) + p) < n[l + 1]
+                    active = out_active[p]
                     vals.append(Mux(mask_word[p] & active, rq.o, 0))
                     nsat.append(rq.saturated & active)
+                m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(Cat(*vals))]
                 with m.If(dm.o.valid):
-                    m.d.comb += [d_wr[l].addr.eq(dfa_out_g[l]), d_wr[l].data.eq(Cat(*vals)),
-                                 d_wr[l].en.eq((1 << P) - 1)]
+                    m.d.comb += d_wr[l].en.eq((1 << P) - 1)
                     m.d.sync += dfa_written[l].eq(dfa_written[l] + 1)
                 tot = nsat[0]
                 for t in nsat[1:]:
@@ -849,6 +859,9 @@ class Engine(wiring.Component):
             with m.Else():
                 next_column()
 
+        # LOAD is the input memory's only writer: its word and address need no multiplexer
+        m.d.comb += [x_wr.addr.eq(Mux(cur, jw, Win[0] + jw)),
+                     x_wr.data.eq(self.sample.payload.data.as_unsigned().replicate(P))]
         drain = Signal(range(16))
         # single-port weights: a cycle that writes a word back issues no read
         w_port_busy = w_write if single_port else Const(0, 1)
@@ -891,9 +904,7 @@ class Engine(wiring.Component):
                         m.d.sync += bump("aborted_samples")
                     m.next = "UPDATE_START"
                 with m.If(self.sample.valid & self.sample.ready):
-                    m.d.comb += [x_wr.addr.eq(Mux(cur, jw, Win[0] + jw)),
-                                 x_wr.data.eq(self.sample.payload.data.as_unsigned().replicate(P)),
-                                 x_wr.en.eq(Array(Const(1 << p, P) for p in range(P))[jl])]
+                    m.d.comb += x_wr.en.eq(Array(Const(1 << p, P) for p in range(P))[jl])
                     with m.If(j == 0):
                         m.d.sync += [label.eq(self.sample.payload.label), train.eq(self.sample.payload.train)]
                     with m.If(j == n[0] - 1):
@@ -941,15 +952,15 @@ class Engine(wiring.Component):
             with m.State("DELTA_OUT"):
                 # delta_L = requantize(e), one word of P per cycle
                 rqs = [Requantize(f.error.width, f.error.frac_bits, f.delta, cfg.rounding_backward) for _ in range(P)]
-                vals = []
+                vals_out = []
                 nsat = []
-                for p in range(P):
+                for p, active in enumerate(lanes_active(g, C)):
                     m.submodules[f"rq_dL{p}"] = rqs[p]
                     choices = [e_regs[gg * P + p] if gg * P + p < C else Const(0) for gg in range(G[L - 1])]
                     m.d.comb += rqs[p].i.eq(Array(choices)[g])
-                    vals.append(rqs[p].o)
-                    nsat.append(rqs[p].saturated & ((times_const(g, P) + p) < C))
-                m.d.comb += [d_wr[L - 1].addr.eq(g), d_wr[L - 1].data.eq(Cat(*vals)), d_wr[L - 1].en.eq((1 << P) - 1)]
+                    vals_out.append(rqs[p].o)
+                    nsat.append(rqs[p].saturated & active)
+                m.d.comb += d_wr[L - 1].en.eq((1 << P) - 1)
                 tot = nsat[0]
                 for t in nsat[1:]:
                     tot = tot + t
@@ -1117,6 +1128,10 @@ class Engine(wiring.Component):
                 m.d.comb += self.host_resp.valid.eq(~reset_req)
                 with m.If(self.host_resp.valid & self.host_resp.ready):
                     m.next = "IDLE"
+
+        # DELTA_OUT is the output layer's delta memory's only writer (its word: the
+        # requantized output error of group g)
+        m.d.comb += [d_wr[L - 1].addr.eq(g), d_wr[L - 1].data.eq(Cat(*vals_out))]
 
         # ---- reset bookkeeping --------------------------------------------------------
         m.d.comb += core_safe.eq(((fsm.ongoing("IDLE") | fsm.ongoing("LOAD") | fsm.ongoing("RESULT")) & ~pending) |

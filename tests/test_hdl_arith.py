@@ -3,10 +3,11 @@
 
 import numpy as np
 import pytest
+from amaranth.hdl import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from dfa_engine.fixed import FixedFormat, requantize
-from dfa_engine.hdl.arith import LFSRDraw, Requantize
+from dfa_engine.hdl.arith import LFSRDraw, Requantize, hardtanh
 from dfa_engine.lfsr import LFSR, seed_state
 
 
@@ -87,6 +88,33 @@ def test_requantize_exhaustive(in_width, in_frac, fmt, mode):
     sim.run()
     assert counts["checked"] == len(values) * len(rands)
     assert counts["saturated"] > 0          # every case here reaches a clamp
+
+
+@pytest.mark.parametrize("width,frac", [(10, 4), (10, 0), (10, 9), (8, 7), (6, 1)])
+def test_hardtanh_exhaustive(width, frac):
+    """Every value of a signed activation: the bitwise clamp and mask equal the golden
+    model's ``np.clip(a, -1, 1)`` and ``-1 < a < 1`` (sim/golden.py), for formats with
+    no integer bits and no fraction bits too."""
+    a = Signal(signed(width))
+    value, inside = hardtanh(a, frac)
+    h, mask = Signal(signed(width)), Signal()
+    m = Module()
+    m.d.comb += [h.eq(value), mask.eq(inside)]
+    one = 1 << frac
+    values = range(-(1 << (width - 1)), 1 << (width - 1))
+    seen = set()
+
+    async def bench(ctx):
+        for v in values:
+            ctx.set(a, v)
+            want = (int(np.clip(v, -one, one)), int(-one < v < one))
+            assert (ctx.get(h), ctx.get(mask)) == want, v
+            seen.add(want[1])
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    assert seen == {0, 1}
 
 
 @pytest.mark.parametrize("per_cycle", [1, 3])
