@@ -6,14 +6,15 @@ unit-tested against them in the Amaranth simulator (``tests/test_hdl_arith.py``)
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Elaboratable, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from dfa_engine.fixed import FixedFormat
 from dfa_engine.lfsr import MASK32, TAPS, draw
 
-__all__ = ["Requantize", "LFSRDraw", "leap_matrix", "times_const", "hardtanh"]
+__all__ = ["Requantize", "LFSRDraw", "leap_matrix", "times_const", "hardtanh", "RegisteredProduct",
+           "MULT18X18DModel", "is_ecp5"]
 
 
 def times_const(x, c: int):
@@ -187,4 +188,121 @@ class LFSRDraw(wiring.Component):
             m.d.sync += state.eq(self.seed)
         with m.Elif(self.en):
             m.d.sync += state.eq(words[-1])
+        return m
+
+
+def is_ecp5(platform) -> bool:
+    return platform is not None and str(getattr(platform, "device", "")).startswith("LFE5U")
+
+
+#: The one configuration of the ECP5 multiplier used here: input registers A and B and the
+#: output register on CLK0, enabled by CE0, never reset (RST0 low); no pipeline register.
+MULT18X18D_PARAMS = {
+    "REG_INPUTA_CLK": "CLK0", "REG_INPUTA_CE": "CE0", "REG_INPUTA_RST": "RST0",
+    "REG_INPUTB_CLK": "CLK0", "REG_INPUTB_CE": "CE0", "REG_INPUTB_RST": "RST0",
+    "REG_INPUTC_CLK": "NONE", "REG_PIPELINE_CLK": "NONE",
+    "REG_OUTPUT_CLK": "CLK0", "REG_OUTPUT_CE": "CE0", "REG_OUTPUT_RST": "RST0",
+    "SOURCEB_MODE": "B_SHIFT", "MULT_BYPASS": "DISABLED", "RESETMODE": "SYNC",
+}
+
+
+class MULT18X18DModel(Elaboratable):
+    """The behaviour of one ECP5 MULT18X18D in the configuration :data:`MULT18X18D_PARAMS`
+    (Lattice TN1267, the sysDSP usage guide): on a clock edge with ``CE0`` the input
+    registers take ``A``, ``B``, ``SIGNEDA``, ``SIGNEDB`` and the output register takes the
+    product of the registered inputs (each 18 bits, sign-extended when its ``SIGNED`` bit
+    was high). It takes the same keyword ports as the ``Instance`` (``i_A0`` ... ``o_P35``),
+    so a test of :class:`RegisteredProduct` checks the primitive's wiring bit by bit."""
+
+    def __init__(self, ports: dict):
+        self._ports = ports
+
+    def elaborate(self, platform):
+        m = Module()
+        pt = self._ports
+        a = Cat(*(pt[f"i_A{k}"] for k in range(18)))
+        b = Cat(*(pt[f"i_B{k}"] for k in range(18)))
+        a_r, b_r = Signal(18), Signal(18)
+        sa_r, sb_r = Signal(), Signal()
+        p_r = Signal(36)
+        a_val = Mux(sa_r, a_r.as_signed(), a_r.as_unsigned())
+        b_val = Mux(sb_r, b_r.as_signed(), b_r.as_unsigned())
+        with m.If(pt["i_CE0"]):
+            m.d.sync += [a_r.eq(a), b_r.eq(b), sa_r.eq(pt["i_SIGNEDA"]), sb_r.eq(pt["i_SIGNEDB"]),
+                         p_r.eq(a_val * b_val)]
+        m.d.comb += [pt[f"o_P{k}"].eq(p_r[k]) for k in range(36)]
+        return m
+
+
+class RegisteredProduct(wiring.Component):
+    """``p = a * b`` two cycles later: ``a`` and ``b`` enter registers, their product
+    enters a register, both only on cycles with ``en`` (a pipeline that stalls as one).
+
+    On the ECP5 (``primitive="MULT18X18D"``, chosen by :func:`is_ecp5` of the platform in
+    the MAC and update units) the three registers are the multiplier's own: Yosys maps a
+    product onto a MULT18X18D but leaves the registers around it in the fabric, where the
+    wires to and from the multiplier were most of the ECP5 build's critical path.
+    Elsewhere they are inferred (the iCE40's SB_MAC16 absorbs them). ``model``: build the
+    ECP5 form from :class:`MULT18X18DModel` instead of the primitive, for the simulator.
+
+    Members
+    -------
+    a, b : In(a_shape), In(b_shape)
+    en : In(1)
+    p : Out(shape of a * b)
+    """
+
+    def __init__(self, a_shape, b_shape, *, primitive: str | None = None, model: bool = False):
+        from amaranth.hdl import Shape
+        a_shape, b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
+        if primitive not in (None, "MULT18X18D"):
+            raise ValueError(f"Multiplier primitive must be None or 'MULT18X18D', not {primitive!r}")
+        if primitive is not None:
+            for name, sh in (("a", a_shape), ("b", b_shape)):
+                if sh.width > 18:
+                    raise ValueError(f"MULT18X18D operand {name} has {sh.width} bits; at most 18 fit")
+        self._primitive, self._model = primitive, model
+        p_shape = (Signal(a_shape) * Signal(b_shape)).shape()
+        super().__init__({"a": In(a_shape), "b": In(b_shape), "en": In(1), "p": Out(p_shape)})
+
+    def elaborate(self, platform):
+        m = Module()
+        if self._primitive is None:
+            # no reset and exactly the operands' and the product's widths: synthesis then
+            # moves them into the DSP (yosys ice40_dsp takes a register only if its whole
+            # wire has one initial value)
+            a_r = Signal.like(self.a, name="opnd_a", reset_less=True)
+            b_r = Signal.like(self.b, name="opnd_b", reset_less=True)
+            p_r = Signal.like(self.p, name="prod", reset_less=True)
+            with m.If(self.en):
+                m.d.sync += [a_r.eq(self.a), b_r.eq(self.b), p_r.eq(a_r * b_r)]
+            m.d.comb += self.p.eq(p_r)
+            return m
+        a18, b18 = Signal(18), Signal(18)
+        m.d.comb += [a18.eq(self.a), b18.eq(self.b)]        # sign- or zero-extended to 18 bits
+        product = Signal(36)
+        zero = Const(0, 1)
+        ports = {f"i_A{k}": a18[k] for k in range(18)}
+        ports.update({f"i_B{k}": b18[k] for k in range(18)})
+        ports.update({f"i_C{k}": zero for k in range(18)})
+        ports.update({f"o_P{k}": product[k] for k in range(36)})
+        ports.update({"i_SIGNEDA": Const(int(self.a.shape().signed), 1),
+                      "i_SIGNEDB": Const(int(self.b.shape().signed), 1),
+                      "i_SOURCEA": zero, "i_SOURCEB": zero,
+                      "i_CLK0": ClockSignal("sync"), "i_CE0": self.en, "i_RST0": zero})
+        for k in (1, 2, 3):
+            ports.update({f"i_CLK{k}": zero, f"i_CE{k}": zero, f"i_RST{k}": zero})
+        # every output connected too (the registered operands, the shift chains out, the
+        # sign): in the engine Yosys 0.70's abc9 stopped on an assertion with them left
+        # open. The shift chains' inputs (SRIA, SRIB) stay open: they are the cascade's
+        # dedicated wires, which the fabric's constant cannot reach (nextpnr fails to route).
+        unused = Signal(3 * 18 + 2 * 18 + 1, name="mult_unused")
+        outs = [f"o_{x}{k}" for x in ("ROA", "ROB", "ROC", "SROA", "SROB") for k in range(18)] + ["o_SIGNEDP"]
+        ports.update({name: unused[j] for j, name in enumerate(outs)})
+        if self._model:
+            m.submodules.mult = MULT18X18DModel(ports)
+        else:
+            m.submodules.mult = Instance("MULT18X18D", **{f"p_{k}": v for k, v in MULT18X18D_PARAMS.items()},
+                                         **ports)
+        m.d.comb += self.p.eq(product[:len(self.p)])
         return m

@@ -418,11 +418,17 @@ class Engine(wiring.Component):
         # decode and the data's range comparison end at a register, not at the memories.
         lat_req_write = Signal()
         lat_accept = Signal()
+        host_issue = Signal()                     # the controller is in HOST_ISSUE (a register)
+        m.d.sync += host_issue.eq(0)
 
         # ---- defaults for memory ports ----------------------------------------------
         # Read addresses follow the issuing counters; write enables default off.
         for l in range(L):
-            m.d.comb += [W_rd[l].addr.eq(gn[l] + j), b_rd[l].addr.eq(g), d_rd[l].addr.eq(g)]
+            # (HOST_ISSUE reads the request's word: chosen by a register set in HOST, not by
+            # a decode of the controller's state, which was an ECP5 build's critical path
+            # into the block RAMs' addresses)
+            m.d.comb += [W_rd[l].addr.eq(Mux(host_issue, lat_w_addr, gn[l] + j)),
+                         b_rd[l].addr.eq(Mux(host_issue, lat_b_addr, g)), d_rd[l].addr.eq(g)]
         m.d.comb += [x_rd.addr.eq(Mux(cur, Win[0] + jw, jw)), x_rd_old.addr.eq(Mux(upd_par, Win[0] + jw, jw))]
         for l in range(L - 1):
             m.d.comb += [h_rd[l].addr.eq(Mux(cur, G[l] + jw, jw)), h_rd_old[l].addr.eq(Mux(upd_par, G[l] + jw, jw)),
@@ -1078,7 +1084,8 @@ class Engine(wiring.Component):
                              lat_counter.eq(a[:off - 2]), lat_write.eq(0), lat_data.eq(req_data),
                              lat_w_addr.eq(Array(times_const(req_g, n[l]) for l in range(L))[req_layer] + req_col),
                              lat_b_addr.eq(req_g), lat_req_write.eq(self.host_req.payload.write),
-                             lat_accept.eq(in_range & ~(self.host_req.payload.write & ((req_kind == 2) | ~value_ok)))]
+                             lat_accept.eq(in_range & ~(self.host_req.payload.write & ((req_kind == 2) | ~value_ok))),
+                             host_issue.eq(1)]
                 m.next = "HOST_ISSUE"
             with m.State("HOST_ISSUE"):
                 # acts on the checks HOST latched and drives the read addresses from the
@@ -1093,10 +1100,6 @@ class Engine(wiring.Component):
                 with m.Else():
                     m.d.sync += [self.host_resp.payload.error.eq(0), s2_layer.eq(lat_layer),
                                  lat_write.eq(lat_req_write & (lat_kind != 2))]
-                    with m.Switch(lat_layer):
-                        for l in range(L):
-                            with m.Case(l):
-                                m.d.comb += [W_rd[l].addr.eq(lat_w_addr), b_rd[l].addr.eq(lat_b_addr)]
                     m.next = "HOST_READ"
             with m.State("HOST_READ"):
                 # the words land in registers first: a block RAM's output is slow (5.8 ns

@@ -15,6 +15,8 @@ from amaranth.hdl import Module, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from .arith import RegisteredProduct, is_ecp5
+
 __all__ = ["MACArray"]
 
 
@@ -94,18 +96,22 @@ class MACArray(wiring.Component):
             with m.If(self.o.valid & self.o.ready):
                 m.d.sync += self.o.valid.eq(0)
             r_valid, r_first, r_last = Signal(name="opnd_valid"), Signal(name="opnd_first"), Signal(name="opnd_last")
-            x_r = Signal.like(p_in.x, name="opnd_x", reset_less=True)
-            w_r = [Signal.like(p_in.w[p], name=f"opnd_w{p}", reset_less=True) for p in range(self._lanes)]
             bias_r = [Signal.like(p_in.bias[p], name=f"opnd_bias{p}", reset_less=True) for p in range(self._lanes)]
             q_valid, first, last = Signal(name="prod_valid"), Signal(name="prod_first"), Signal(name="prod_last")
-            terms = [Signal((w_r[p] * x_r).shape(), name=f"prod{p}", reset_less=True) for p in range(self._lanes)]
             biases = [Signal.like(p_in.bias[p], name=f"prod_bias{p}", reset_less=True) for p in range(self._lanes)]
+            # each lane's operand and product registers: a RegisteredProduct (on the ECP5,
+            # the MULT18X18D's own registers)
+            x_shape, w_shape = p_in.x.shape(), p_in.w[0].shape()
+            dsp = "MULT18X18D" if is_ecp5(platform) and x_shape.width <= 18 and w_shape.width <= 18 else None
+            terms = []
+            for p in range(self._lanes):
+                mul = m.submodules[f"mul{p}"] = RegisteredProduct(w_shape, x_shape, primitive=dsp)
+                m.d.comb += [mul.a.eq(p_in.w[p]), mul.b.eq(p_in.x), mul.en.eq(advance)]
+                terms.append(mul.p)
             with m.If(advance):
-                m.d.sync += [r_valid.eq(self.i.valid), r_first.eq(p_in.first), r_last.eq(p_in.last), x_r.eq(p_in.x)]
-                m.d.sync += [w.eq(p_in.w[p]) for p, w in enumerate(w_r)]
+                m.d.sync += [r_valid.eq(self.i.valid), r_first.eq(p_in.first), r_last.eq(p_in.last)]
                 m.d.sync += [b.eq(p_in.bias[p]) for p, b in enumerate(bias_r)]
                 m.d.sync += [q_valid.eq(r_valid), first.eq(r_first), last.eq(r_last)]
-                m.d.sync += [t.eq(w_r[p] * x_r) for p, t in enumerate(terms)]
                 m.d.sync += [b.eq(bias_r[p]) for p, b in enumerate(biases)]
             valid = q_valid & advance
         with m.If(valid):

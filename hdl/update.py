@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 from dfa_engine.config import EngineConfig
 from dfa_engine.fixed import FixedFormat
 
-from .arith import Requantize
+from .arith import RegisteredProduct, Requantize, is_ecp5
 
 __all__ = ["UpdateLanes", "UPDATE_LATENCY"]
 
@@ -128,6 +128,21 @@ class UpdateLanes(wiring.Component):
             h = Signal.like(self.i.payload.h, name="opnd_h", reset_less=True)
         products = [delta_r[p] * h if lr_raw == 1 else delta_r[p] * h * lr_raw for p in range(self._lanes)]
         prod_width = len(products[0])
+        # A weight unit with a shift for its learning rate is one product a lane, delta h:
+        # its operand and product registers are a RegisteredProduct (on the ECP5 the
+        # MULT18X18D's own registers), fed by the input and the aligned h directly.
+        own_mul = not self._for_bias and lr_raw == 1
+        if own_mul:
+            h_in = Signal.like(h, name="h_in")
+            if h_aligned:
+                with m.Switch(self.i.payload.layer):
+                    for li, k in enumerate(aligns):
+                        with m.Case(li):
+                            m.d.comb += h_in.eq(self.i.payload.h << k)
+            else:
+                m.d.comb += h_in.eq(self.i.payload.h)
+            dsp = "MULT18X18D" if is_ecp5(platform) and len(h_in) <= 18 and len(delta_r[0]) <= 18 else None
+            muls = [RegisteredProduct(delta_r[p].shape(), h_in.shape(), primitive=dsp) for p in range(self._lanes)]
         aligned_width = prod_width + (0 if h_aligned else max(aligns))
         # Four stages that advance together: I holds the input, A the products (and the
         # weights, layer and random words that go with them), B the rounded and saturated
@@ -138,14 +153,15 @@ class UpdateLanes(wiring.Component):
         with m.If(advance):
             m.d.sync += [i_valid.eq(self.i.valid), a_valid.eq(i_valid), b_valid.eq(a_valid),
                          self.o.valid.eq(b_valid), pin.eq(self.i.payload)]
-            m.d.sync += [d.eq(self.i.payload.delta[p]) for p, d in enumerate(delta_r)]
-            if h_aligned:
-                with m.Switch(self.i.payload.layer):
-                    for li, k in enumerate(aligns):
-                        with m.Case(li):
-                            m.d.sync += h.eq(self.i.payload.h << k)
-            elif not self._for_bias:
-                m.d.sync += h.eq(self.i.payload.h)
+            if not own_mul:      # (a bias unit, or a learning-rate multiplier: delta h lr)
+                m.d.sync += [d.eq(self.i.payload.delta[p]) for p, d in enumerate(delta_r)]
+                if h_aligned:
+                    with m.Switch(self.i.payload.layer):
+                        for li, k in enumerate(aligns):
+                            with m.Case(li):
+                                m.d.sync += h.eq(self.i.payload.h << k)
+                elif not self._for_bias:
+                    m.d.sync += h.eq(self.i.payload.h)
         sat_u, sat_w = [], []
         fire = advance & b_valid         # the output stage takes stage B's contents
         sel = Signal.like(self.i.payload.layer, name="a_layer") if self._shared else 0
@@ -153,10 +169,17 @@ class UpdateLanes(wiring.Component):
             with m.If(advance):
                 m.d.sync += sel.eq(pin.layer)
         for p in range(self._lanes):
-            prod = Signal(products[p].shape(), name=f"prod{p}", reset_less=True)
             w_a = Signal(w_fmt.amaranth_shape(), name=f"w_a{p}")
             with m.If(advance):
-                m.d.sync += [prod.eq(products[p]), w_a.eq(pin.w[p])]
+                m.d.sync += w_a.eq(pin.w[p])
+            if own_mul:
+                m.submodules[f"mul{p}"] = muls[p]
+                m.d.comb += [muls[p].a.eq(self.i.payload.delta[p]), muls[p].b.eq(h_in), muls[p].en.eq(advance)]
+                prod = muls[p].p
+            else:
+                prod = Signal(products[p].shape(), name=f"prod{p}", reset_less=True)
+                with m.If(advance):
+                    m.d.sync += prod.eq(products[p])
             aligned = Signal(signed(aligned_width), name=f"aligned{p}")
             rq = Requantize(aligned_width, frac, d_fmt, cfg.rounding_update)
             m.submodules[f"requant{p}"] = rq

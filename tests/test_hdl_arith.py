@@ -3,11 +3,11 @@
 
 import numpy as np
 import pytest
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
 from dfa_engine.fixed import FixedFormat, requantize
-from dfa_engine.hdl.arith import LFSRDraw, Requantize, hardtanh
+from dfa_engine.hdl.arith import LFSRDraw, RegisteredProduct, Requantize, hardtanh
 from dfa_engine.lfsr import LFSR, seed_state
 
 
@@ -115,6 +115,52 @@ def test_hardtanh_exhaustive(width, frac):
     sim.add_testbench(bench)
     sim.run()
     assert seen == {0, 1}
+
+
+@pytest.mark.parametrize("a_shape,b_shape", [(signed(16), signed(16)), (signed(18), unsigned(9)),
+                                             (unsigned(18), signed(11)), (signed(16), signed(18))])
+@pytest.mark.parametrize("form", ["inferred", "MULT18X18D"])
+def test_registered_product(a_shape, b_shape, form):
+    """p is the product of the operands taken two enabled cycles before, and holds still
+    on cycles without ``en``: the inferred form, and the ECP5 primitive's wiring (every
+    A/B/P bit, the sign controls, CE0) through a behavioural model of the MULT18X18D."""
+    dut = RegisteredProduct(a_shape, b_shape, primitive=None if form == "inferred" else "MULT18X18D",
+                            model=form != "inferred")
+    rng = np.random.default_rng(a_shape.width * 31 + b_shape.width)
+
+    def draw(shape):
+        lo = -(1 << (shape.width - 1)) if shape.signed else 0
+        hi = (1 << (shape.width - 1)) - 1 if shape.signed else (1 << shape.width) - 1
+        return int(rng.choice([lo, hi, lo + 1, -1 if shape.signed else 1, 0, int(rng.integers(lo, hi + 1))]))
+
+    checked = []
+
+    async def bench(ctx):
+        taken = []                       # operands of the enabled cycles, oldest first
+        for cycle in range(400):
+            a, b, en = draw(a_shape), draw(b_shape), bool(rng.random() < 0.7)
+            ctx.set(dut.a, a)
+            ctx.set(dut.b, b)
+            ctx.set(dut.en, en)
+            if len(taken) >= 2:          # p shows the product of the last-but-one take
+                assert ctx.get(dut.p) == taken[-2][0] * taken[-2][1], cycle
+                checked.append(cycle)
+            await ctx.tick()
+            if en:
+                taken.append((a, b))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert len(checked) > 300
+
+
+def test_registered_product_rejects_wide_operands():
+    with pytest.raises(ValueError, match=r"^MULT18X18D operand b has 19 bits; at most 18 fit$"):
+        RegisteredProduct(signed(16), signed(19), primitive="MULT18X18D")
+    with pytest.raises(ValueError, match=r"^Multiplier primitive must be None or 'MULT18X18D', not 'DSP48'$"):
+        RegisteredProduct(signed(16), signed(16), primitive="DSP48")
 
 
 @pytest.mark.parametrize("per_cycle", [1, 3])

@@ -31,6 +31,16 @@ def test_small_engine_builds_and_meets_timing(tmp_path, board, freq, bitstream, 
     for resource in ("LUT", "FF", "DSP", "BRAM"):
         assert 0 <= util[resource]["used"] <= util[resource]["available"], resource
     assert util["DSP"]["used"] >= 2            # the MAC and the update multiplier are DSPs
+    if board.startswith("ulx3s"):
+        # the MAC's and the update's multipliers are MULT18X18Ds with their own input and
+        # output registers (hdl/arith.py RegisteredProduct), not bare multipliers
+        netlist = json.loads((tmp_path / "out" / "dfa_top.json").read_text())
+        mults = [c["parameters"] for mod in netlist["modules"].values() for c in mod["cells"].values()
+                 if c["type"] == "MULT18X18D"]
+        assert len(mults) == util["DSP"]["used"] >= 2
+        for params in mults:
+            assert {k: params[k].strip() for k in ("REG_INPUTA_CLK", "REG_INPUTB_CLK", "REG_OUTPUT_CLK")} == {
+                "REG_INPUTA_CLK": "CLK0", "REG_INPUTB_CLK": "CLK0", "REG_OUTPUT_CLK": "CLK0"}
     if extra.get("memory") == "spram":
         # W1 (16 bits x 128 words) and W2 (16 x 32): one block each (hdl/memory.py spram_plan)
         assert spram_plan(cfg) == (0, 1) and util["SPRAM"]["used"] == 2
