@@ -117,7 +117,6 @@ class OutputError(wiring.Component):
         rem = Signal(len(S) + 1)
         quo = Signal(RECIP_BITS + 1)
         bit = Signal(range(RECIP_BITS + 2))
-        first_div = Signal()       # the first step brings down the dividend's one set bit
         sat_count = Signal(self._idx_w + 1)
 
         # logits, P a cycle, from the engine (a whole word); the EXP pass writes one lane
@@ -167,23 +166,6 @@ class OutputError(wiring.Component):
         with m.Else():
             m.d.comb += e_sat.eq(p)
 
-        # The division's steps, RECIP_BITS + 1 cycles in DIV. They are enabled by a register
-        # (`dividing`), not by a decode of the state, and the first step's dividend bit is a
-        # register too (`first_div`): Yosys shares the trial subtraction's carry chain with
-        # other states' adders, and a state decode in front of that operand multiplexer was
-        # an ECP5 build's critical path. Dividend 2^31: bit 31 set, all lower bits zero.
-        dividing = Signal()
-        trial = Signal(len(rem) + 1)
-        m.d.comb += trial.eq((rem << 1) | first_div)
-        with m.If(dividing):
-            with m.If(trial >= S):
-                m.d.sync += [rem.eq(trial - S), quo.eq((quo << 1) | 1)]
-            with m.Else():
-                m.d.sync += [rem.eq(trial), quo.eq(quo << 1)]
-            m.d.sync += [bit.eq(bit - 1), first_div.eq(0)]
-            with m.If(bit == 1):
-                m.d.sync += dividing.eq(0)
-
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
@@ -213,13 +195,21 @@ class OutputError(wiring.Component):
                                                Cat(e_now, Const(0, vw - ew)).replicate(P))]
                     m.d.sync += S.eq(S + e_now)
                 with m.If((idx == C) & ~v0 & ~v1 & ~v2):
-                    m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1), first_div.eq(1), dividing.eq(1)]
+                    m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1)]
                     m.next = "DIV"
             with m.State("DIV"):
-                # the steps run while `dividing` (below); the cycle after the last one leaves
-                with m.If(~dividing):
+                # Dividend 2^31: bit 31 set, all lower bits zero.
+                with m.If(bit == 0):
                     m.d.sync += [idx.eq(0), sat_count.eq(0)]
                     m.next = "PROB"
+                with m.Else():
+                    trial = Signal(len(rem) + 1)
+                    m.d.comb += trial.eq((rem << 1) | (bit == RECIP_BITS + 1))
+                    with m.If(trial >= S):
+                        m.d.sync += [rem.eq(trial - S), quo.eq((quo << 1) | 1)]
+                    with m.Else():
+                        m.d.sync += [rem.eq(trial), quo.eq(quo << 1)]
+                    m.d.sync += bit.eq(bit - 1)
             with m.State("PROB"):
                 # (class idx is read this cycle; its E is in v_sel the next)
                 with m.If(idx == C):
