@@ -6,7 +6,7 @@ unit-tested against them in the Amaranth simulator (``tests/test_hdl_arith.py``)
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Shape, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -253,7 +253,6 @@ class RegisteredProduct(wiring.Component):
     """
 
     def __init__(self, a_shape, b_shape, *, primitive: str | None = None, model: bool = False):
-        from amaranth.hdl import Shape
         a_shape, b_shape = Shape.cast(a_shape), Shape.cast(b_shape)
         if primitive not in (None, "MULT18X18D"):
             raise ValueError(f"Multiplier primitive must be None or 'MULT18X18D', not {primitive!r}")
