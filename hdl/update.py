@@ -131,9 +131,8 @@ class UpdateLanes(wiring.Component):
         # A weight unit with a shift for its learning rate is one product a lane, delta h:
         # its operand and product registers are a RegisteredProduct (on the ECP5 the
         # MULT18X18D's own registers), fed by the input and the aligned h directly.
-        own_mul = not self._for_bias and lr_raw == 1
-        if own_mul:
-            h_in = Signal.like(h, name="h_in")
+        if not self._for_bias:
+            h_in = Signal.like(h, name="h_in")      # the input's h, aligned for its layer
             if h_aligned:
                 with m.Switch(self.i.payload.layer):
                     for li, k in enumerate(aligns):
@@ -141,6 +140,8 @@ class UpdateLanes(wiring.Component):
                             m.d.comb += h_in.eq(self.i.payload.h << k)
             else:
                 m.d.comb += h_in.eq(self.i.payload.h)
+        own_mul = not self._for_bias and lr_raw == 1
+        if own_mul:
             dsp = "MULT18X18D" if is_ecp5(platform) and len(h_in) <= 18 and len(delta_r[0]) <= 18 else None
             muls = [RegisteredProduct(delta_r[p].shape(), h_in.shape(), primitive=dsp) for p in range(self._lanes)]
         aligned_width = prod_width + (0 if h_aligned else max(aligns))
@@ -155,13 +156,8 @@ class UpdateLanes(wiring.Component):
                          self.o.valid.eq(b_valid), pin.eq(self.i.payload)]
             if not own_mul:      # (a bias unit, or a learning-rate multiplier: delta h lr)
                 m.d.sync += [d.eq(self.i.payload.delta[p]) for p, d in enumerate(delta_r)]
-                if h_aligned:
-                    with m.Switch(self.i.payload.layer):
-                        for li, k in enumerate(aligns):
-                            with m.Case(li):
-                                m.d.sync += h.eq(self.i.payload.h << k)
-                elif not self._for_bias:
-                    m.d.sync += h.eq(self.i.payload.h)
+                if not self._for_bias:
+                    m.d.sync += h.eq(h_in)
         sat_u, sat_w = [], []
         fire = advance & b_valid         # the output stage takes stage B's contents
         sel = Signal.like(self.i.payload.layer, name="a_layer") if self._shared else 0
