@@ -1,4 +1,4 @@
-"""Drive an :class:`~dfa_engine.hdl.engine.Engine` in Amaranth's Python simulator.
+"""Drive a generated engine (MLP or CNN, :mod:`dfa_engine.hdl.family`) in Amaranth's Python simulator.
 
 For small configurations and unit-level checks; long runs use Verilator (``sim/cocotb_tb``).
 """
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 from amaranth.sim import Simulator
 
-from dfa_engine.hdl.engine import COUNTERS, Engine, host_address
+from dfa_engine.hdl.family import engine_family
 
 
 def run_engine(cfg, samples, labels, train=True, params=None, seed=0, idle=0.0, backpressure=0.0,
@@ -20,7 +20,9 @@ def run_engine(cfg, samples, labels, train=True, params=None, seed=0, idle=0.0, 
     ``host_ops``: (after_sample_index, address, write, data) requests interleaved with samples;
     their responses are returned in ``counters["host"]``.
     """
-    dut = Engine(cfg, params=params)
+    fam = engine_family(cfg)
+    host_address = fam.host_address
+    dut = fam.engine(cfg, params=params)
     rng = np.random.default_rng(seed)
     results, host_resp, params_out, counters = [], [], [], {}
     train_flags = [train] * len(samples) if isinstance(train, bool) else list(train)
@@ -40,7 +42,7 @@ def run_engine(cfg, samples, labels, train=True, params=None, seed=0, idle=0.0, 
         for s, (x, y) in enumerate(zip(samples, labels)):
             for op in [op for op in ops if op[0] == s]:
                 host_resp.append(await host(ctx, *op[1:]))
-            for j, v in enumerate(x):
+            for j, v in enumerate(np.asarray(x).reshape(-1)):
                 while rng.random() < idle:
                     ctx.set(dut.sample.valid, 0)
                     await ctx.tick()
@@ -59,8 +61,7 @@ def run_engine(cfg, samples, labels, train=True, params=None, seed=0, idle=0.0, 
             ctx.set(dut.result.ready, 0)
         for op in [op for op in ops if op[0] >= len(samples)]:
             host_resp.append(await host(ctx, *op[1:]))
-        for layer in range(cfg.n_layers):
-            n_out, n_in = cfg.layers[layer + 1], cfg.layers[layer]
+        for layer, (n_out, n_in) in enumerate(fam.matrix_shapes(cfg)):
             W = np.zeros((n_out, n_in), dtype=np.int64)
             b = np.zeros(n_out, dtype=np.int64)
             for i in range(n_out):
@@ -68,7 +69,7 @@ def run_engine(cfg, samples, labels, train=True, params=None, seed=0, idle=0.0, 
                     W[i, j] = (await host(ctx, host_address(cfg, "weight", layer, i, j)))[0]
                 b[i] = (await host(ctx, host_address(cfg, "bias", layer, i)))[0]
             params_out.append((W, b))
-        for name in COUNTERS:
+        for name in fam.counters:
             counters[name] = (await host(ctx, host_address(cfg, "counter", counter=name)))[0]
         counters["host"] = host_resp
 
