@@ -20,7 +20,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import First, ReadOnly, RisingEdge, Timer
 
-from dfa_engine.hdl.engine import COUNTERS
+from dfa_engine.hdl.family import engine_family
 from dfa_engine.sim.golden_feed import GoldenFeed
 from dfa_engine.sim.harness import payload_widths
 from dfa_engine.sim.trace import first_difference
@@ -142,14 +142,14 @@ async def train_and_compare(dut):
     values = [signed_data(v) for v in dump]
     idx = 0
     params = []
-    for l in range(cfg.n_layers):
-        n_out, n_in = cfg.layers[l + 1], cfg.layers[l]
+    fam = engine_family(cfg)
+    for n_out, n_in in fam.matrix_shapes(cfg):
         W = np.array(values[idx:idx + n_out * n_in], dtype=np.int64).reshape(n_out, n_in)
         idx += n_out * n_in
         b = np.array(values[idx:idx + n_out], dtype=np.int64)
         idx += n_out
         params.append((W, b))
-    counters = dict(zip(COUNTERS, values[idx:idx + len(COUNTERS)]))
+    counters = dict(zip(fam.counters, values[idx:idx + len(fam.counters)]))
     summary["counters"] = counters
     summary["host_errors"] = int(sum(errors))
     if check:

@@ -48,6 +48,17 @@ def record_fields(n_classes: int) -> int:
     return 4 + n_classes
 
 
+def golden_model(cfg):
+    """The golden model of ``cfg``'s engine family (MLP or CNN)."""
+    from dfa_engine.cnn_config import CNNEngineConfig
+
+    if isinstance(cfg, CNNEngineConfig):
+        from .golden_cnn import GoldenCNN
+
+        return GoldenCNN(cfg)
+    return GoldenModel(cfg)
+
+
 def _expected(golden: GoldenModel, x, y: int, train: bool, n_classes: int) -> list:
     """The golden model's view of one sample, as the engine treats it: a training sample
     with a label outside the class range is rejected (inferred only, not trained)."""
@@ -67,7 +78,7 @@ def _worker(cfg, X, Y, train, run_dir: Path, stop: threading.Event):
 
 def _run_model(cfg, X, Y, train, run_dir: Path, stop: threading.Event):
     try:
-        golden = GoldenModel(cfg)
+        golden = golden_model(cfg)
         C = cfg.n_classes
         with open(run_dir / RESULTS, "wb", buffering=0) as fh:
             for s in range(len(X)):
@@ -76,7 +87,7 @@ def _run_model(cfg, X, Y, train, run_dir: Path, stop: threading.Event):
                 fh.write(np.asarray(_expected(golden, X[s], int(Y[s]), bool(train[s]), C), dtype="<i8").tobytes())
         params = {}
         for l, (W, b) in enumerate(golden.parameters()):
-            params[f"W{l + 1}"], params[f"b{l + 1}"] = W, b
+            params[f"W{l + 1}"], params[f"b{l + 1}"] = W.reshape(W.shape[0], -1), b   # as the host map reads W
         np.savez(run_dir / PARAMS, **params)
         (run_dir / STATS).write_text(json.dumps({"saturation_events": int(sum(golden.stats.values()))}))
         (run_dir / DONE).write_text("ok\n")

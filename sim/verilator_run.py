@@ -23,7 +23,7 @@ import numpy as np
 
 from dfa_engine.config import EngineConfig
 
-from dfa_engine.feedback import initial_parameters
+from dfa_engine.hdl.family import engine_family
 
 from .golden_feed import start_golden_worker
 from .harness import dump_addresses, harness_source, parameter_values, payload_widths
@@ -84,7 +84,9 @@ def _config_key(cfg: EngineConfig, max_samples: int) -> str:
     for package in (dfa_engine.hdl, dfa_engine.gen):
         sources += sorted(Path(package.__file__).parent.glob("*.py"))
     core = Path(dfa_engine.__file__).parent
-    sources += [core / name for name in ("feedback.py", "lfsr.py", "tables.py", "fixed.py", "config.py")]
+    sources += [core / name for name in ("feedback.py", "lfsr.py", "tables.py", "fixed.py", "config.py",
+                                         "cnn_config.py")]
+    sources.append(Path(__file__).with_name("golden_cnn.py"))   # the CNN engine's initial weights and table
     for path in sources:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]
@@ -159,7 +161,7 @@ def _profile_run(runner, build_dir, cfg):
     rng = np.random.default_rng(0)
     f = cfg.formats
     n = 4
-    X = rng.integers(f.input.min_raw, f.input.max_raw + 1, size=(n, cfg.layers[0]))
+    X = rng.integers(f.input.min_raw, f.input.max_raw + 1, size=(n, engine_family(cfg).n_inputs(cfg)))
     Y = rng.integers(0, cfg.n_classes, size=n)
     run_dir = _prepare_run(build_dir, "profile", cfg, X, Y, np.ones(n, dtype=bool))
     _run_test(runner, build_dir, run_dir, run_dir / "io", n, 0.1, 0.1, False)
@@ -270,7 +272,7 @@ def _prepare_run(build_dir, tag, cfg, X, Y, train) -> Path:
     # the initial parameters, written through the host port before the first sample
     data_bits = payload_widths(cfg)["data"]
     pre = [f"{(a << data_bits) | (int(v) & ((1 << data_bits) - 1)):x}"
-           for a, v in zip(dump_addresses(cfg), parameter_values(initial_parameters(cfg)))]
+           for a, v in zip(dump_addresses(cfg), parameter_values(engine_family(cfg).initial_parameters(cfg)))]
     (run_dir / "io_preload.hex").write_text("\n".join(pre) + "\n")
     np.savez(run_dir / "io_data.npz", X=X, Y=Y, train=train)
     with open(run_dir / "config.pkl", "wb") as fh:   # handed to the cocotb process as is
