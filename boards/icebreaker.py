@@ -20,6 +20,7 @@ from amaranth.lib import io
 from amaranth_boards.icebreaker import ICEBreakerPlatform
 
 from dfa_engine.config import EngineConfig
+from dfa_engine.hdl.family import check_engine_config_type
 
 from .clocking import PowerOnReset, ice40_pll
 from .top import LinkTop
@@ -55,8 +56,7 @@ class ICEBreakerTop(Elaboratable):
 
     def __init__(self, cfg: EngineConfig, *, freq_mhz: float = 24.0, baud: int = 115200,
                  init_parameters: bool = True):
-        if not isinstance(cfg, EngineConfig):
-            raise TypeError(f"Configuration must be an EngineConfig, not {cfg!r}")
+        check_engine_config_type(cfg)
         self.cfg, self.baud, self.init_parameters = cfg, baud, init_parameters
         self.requested_mhz = float(freq_mhz)
         try:

@@ -33,6 +33,7 @@ from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from dfa_engine.config import EngineConfig
+from dfa_engine.hdl.family import engine_family
 from dfa_engine.link_format import (
     CRC_BYTES, CRC_INIT, CRC_POLY, ESCAPE, ESCAPE_XOR, FLAG, HEADER_BYTES, LINK_COUNTERS, READ, READ_RESP,
     RESPONSE_ERROR, RESULT, RESULT_REJECTED, RESULT_TRAINED, SAMPLE, SAMPLE_TRAIN, STATUS, STATUS_RESP,
@@ -102,7 +103,7 @@ class HostLink(wiring.Component):
             "rx": In(stream.Signature(8)),
             "rx_error": In(1),
             "tx": Out(stream.Signature(8)),
-            "engine": In(engine_signature(cfg)),
+            "engine": In(engine_family(cfg).signature(cfg)),
             "counters": Out(data.StructLayout({name: 32 for name in LINK_COUNTERS})),
         })
 

@@ -17,7 +17,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from dfa_engine.config import EngineConfig
-from dfa_engine.hdl.engine import Engine
+from dfa_engine.hdl.family import check_engine_config_type, engine_family
 
 from .link import HostLink
 from .uart import UARTRx, UARTTx
@@ -44,8 +44,7 @@ class LinkTop(wiring.Component):
     """
 
     def __init__(self, cfg: EngineConfig, *, divisor: int, init_parameters: bool = True):
-        if not isinstance(cfg, EngineConfig):
-            raise TypeError(f"Configuration must be an EngineConfig, not {cfg!r}")
+        check_engine_config_type(cfg)
         self._cfg, self._divisor, self._init = cfg, divisor, init_parameters
         # construct the UARTs now so that a bad divisor fails here, not at elaboration
         self._uart_rx, self._uart_tx = UARTRx(divisor=divisor), UARTTx(divisor=divisor)
@@ -64,7 +63,7 @@ class LinkTop(wiring.Component):
         m.submodules.uart_rx = rx = self._uart_rx
         m.submodules.uart_tx = tx = self._uart_tx
         m.submodules.link = link = HostLink(self._cfg)
-        m.submodules.engine = engine = Engine(self._cfg, init_parameters=self._init)
+        m.submodules.engine = engine = engine_family(self._cfg).engine(self._cfg, init_parameters=self._init)
         wiring.connect(m, link.engine, engine)
         wiring.connect(m, rx.o, link.rx)
         wiring.connect(m, link.tx, tx.i)

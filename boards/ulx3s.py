@@ -21,6 +21,7 @@ from amaranth_boards.ulx3s import (ULX3S_12F_Platform, ULX3S_25F_Platform, ULX3S
                                    ULX3S_85F_Platform)
 
 from dfa_engine.config import EngineConfig
+from dfa_engine.hdl.family import check_engine_config_type
 
 from .clocking import PowerOnReset, ecp5_pll
 from .top import LinkTop
@@ -61,8 +62,7 @@ class ULX3STop(Elaboratable):
 
     def __init__(self, cfg: EngineConfig, *, freq_mhz: float = 50.0, baud: int = 115200,
                  init_parameters: bool = True):
-        if not isinstance(cfg, EngineConfig):
-            raise TypeError(f"Configuration must be an EngineConfig, not {cfg!r}")
+        check_engine_config_type(cfg)
         self.cfg, self.baud, self.init_parameters = cfg, baud, init_parameters
         self.requested_mhz = float(freq_mhz)
         try:

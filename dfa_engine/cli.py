@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from .config import ConfigError, load_config
+from .config import ConfigError, load_config, load_engine_config
 
 __all__ = ["main"]
 
@@ -94,7 +94,7 @@ def _cmd_generate(args) -> int:
     """Generate the engine's Verilog and engine.json for a configuration."""
     from .gen.generate import generate
 
-    cfg = load_config(args.config)
+    cfg = load_engine_config(args.config)
     try:
         info = generate(cfg, args.output)
     except ValueError as exc:
@@ -104,6 +104,10 @@ def _cmd_generate(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     c = info["cycles_per_sample"]
+    if info.get("family") == "cnn":
+        print(f"wrote {args.output}/{info['top']}.v and {args.output}/engine.json: CNN {cfg.network_name} "
+              f"({','.join(cfg.methods) or '-'}), one MAC a cycle, {c['train_sample']:,} cycles per training sample")
+        return 0
     print(f"wrote {args.output}/{info['top']}.v and {args.output}/engine.json: {cfg.network_name}, "
           f"P = {cfg.lanes} lanes, about {c['train_sample']:,} cycles per training sample "
           f"({c['ratio_to_ideal']:.2f} x the ideal {c['ideal_train_sample']:,.0f})")
@@ -118,19 +122,31 @@ def _cmd_rtl(args) -> int:
     from .gen.generate import estimate_cycles
     from .sim.verilator_run import build_engine, run_training
 
-    cfg = load_config(args.config)
+    from .hdl.family import engine_family
+
+    cfg = load_engine_config(args.config)
+    cnn = engine_family(cfg).name == "cnn"
     ds = load_dataset(args.dataset)
-    if ds.n_features != cfg.layers[0]:
-        raise ConfigError("network.layers[0]", cfg.layers[0],
-                          f"must equal the {args.dataset} input size {ds.n_features}")
+    n_in = engine_family(cfg).n_inputs(cfg)
+    if ds.n_features != n_in:
+        field, value = ("network.input", list(cfg.input_shape)) if cnn else ("network.layers[0]", cfg.layers[0])
+        raise ConfigError(field, value, f"must hold the {args.dataset} input size {ds.n_features}")
     n_train = min(args.train_samples, len(ds.x_train))
     n_test = min(args.test_samples, len(ds.x_test))
     X = cfg.formats.input.from_float(np.concatenate([ds.x_train[:n_train], ds.x_test[:n_test]]))
+    if cnn:
+        X = X.reshape(len(X), *cfg.input_shape)
     Y = np.concatenate([ds.y_train[:n_train], ds.y_test[:n_test]])
     train = np.arange(n_train + n_test) < n_train
-    print(f"dfa-engine rtl: {cfg.network_name} ({','.join(cfg.methods) or '-'}, feedback {cfg.feedback.kind} "
-          f"k={cfg.feedback.k} {cfg.feedback.storage}), P = {cfg.lanes} lanes; {args.dataset}: "
-          f"train on {n_train} samples, then infer {n_test} test samples")
+    if cnn:
+        fb = cfg.feedback
+        print(f"dfa-engine rtl: CNN {cfg.network_name} ({','.join(cfg.methods) or '-'}, sparse dilated feedback "
+              f"d={fb.d} k={fb.k} groups={fb.groups} {fb.values}), one MAC a cycle; {args.dataset}: "
+              f"train on {n_train} samples, then infer {n_test} test samples")
+    else:
+        print(f"dfa-engine rtl: {cfg.network_name} ({','.join(cfg.methods) or '-'}, feedback {cfg.feedback.kind} "
+              f"k={cfg.feedback.k} {cfg.feedback.storage}), P = {cfg.lanes} lanes; {args.dataset}: "
+              f"train on {n_train} samples, then infer {n_test} test samples")
     t0 = time.perf_counter()
     print("generating Verilog and building it with Verilator (cached per configuration) ...", flush=True)
     build_engine(cfg, n_train + n_test, pgo=True)
@@ -143,13 +159,21 @@ def _cmd_rtl(args) -> int:
     train_cycles = np.diff([0] + cycles[:n_train])[1:] if n_train > 1 else []
     test_pred = np.array([r["prediction"] for r in results[n_train:]])
     acc = float(np.mean(test_pred == Y[n_train:])) if n_test else float("nan")
-    est = estimate_cycles(cfg)
+    if cnn:
+        from .hdl.cnn_engine import cnn_cycles
+
+        est = cnn_cycles(cfg)
+    else:
+        est = estimate_cycles(cfg)
     bit_exact = summary["mismatch"] is None and summary.get("params_equal", False)
     if n_test:
         print(f"test accuracy (RTL, {n_test} samples after {n_train} training samples): {acc:.4f}")
     else:
         print(f"no test samples asked for (trained on {n_train})")
-    if len(train_cycles):
+    if len(train_cycles) and cnn:
+        print(f"cycles per training sample: {np.mean(train_cycles):,.0f} "
+              f"(the schedule: {est['train_sample']:,}, of which {est['terms_per_sample']:,} loop terms)")
+    elif len(train_cycles):
         print(f"cycles per training sample: {np.mean(train_cycles):,.0f} "
               f"(ideal (forward + update MACs) / P = {est['ideal_train_sample']:,.0f})")
     print(f"simulated {summary['cycles']:,} cycles in {summary['wall_seconds']:.1f} s "
@@ -166,7 +190,7 @@ def _cmd_build(args) -> int:
     nextpnr (YoWASP), and write DIR/report.json (docs/boards.md)."""
     from .gen.build import FitError, build
 
-    cfg = load_config(args.config)
+    cfg = load_engine_config(args.config)
     try:
         report = build(cfg, args.board, args.output, freq_mhz=args.freq, baud=args.baud,
                        check=not args.no_fit_check, seed=args.seed)
@@ -180,10 +204,16 @@ def _cmd_build(args) -> int:
 
 def _cmd_check(args) -> int:
     """Validate a configuration and print it, with the derived widths."""
-    cfg = load_config(args.config)
+    cfg = load_engine_config(args.config)
     d = cfg.to_dict()
-    d["derived"] = {"accumulator_bits_required": [cfg.required_accumulator_bits(l) for l in range(cfg.n_layers)],
-                    "dfa_share": cfg.dfa_share()}
+    d["derived"] = {"accumulator_bits_required": [cfg.required_accumulator_bits(l) for l in range(cfg.n_layers)]}
+    if hasattr(cfg, "dfa_share"):
+        d["derived"]["dfa_share"] = cfg.dfa_share()
+    else:
+        from .hdl.cnn_engine import cnn_cycles
+
+        d["derived"]["network"] = cfg.network_name
+        d["derived"]["engine_cycles_per_sample"] = cnn_cycles(cfg)
     print(json.dumps(d, indent=2))
     return 0
 

@@ -168,6 +168,26 @@ class CNNEngineConfig:
             return self.formats.accumulator
         return max(self.required_accumulator_bits(i) for i in range(self.n_layers))
 
+    @property
+    def network_name(self) -> str:
+        """The network as a spec string, e.g. ``conv4-mp2-conv4g2-ap2-fc10`` (``docs/cnn.md``)."""
+        parts = []
+        for s in self.layers:
+            if s.type == "conv":
+                extra = "".join(f"{k}{v}" for k, v, d in (("k", s.kernel, 3), ("s", s.stride, 1),
+                                                           ("p", s.padding, s.kernel // 2), ("g", s.groups, 1)) if v != d)
+                parts.append(f"conv{s.channels}{extra}")
+            elif s.type == "dense":
+                parts.append(f"fc{s.channels}")
+            elif s.type in ("maxpool", "avgpool"):
+                parts.append(f"{s.type[0]}p{s.size}")
+        return "-".join(parts)
+
+    @property
+    def lanes(self) -> int:
+        """Multiply-accumulate lanes of the generated CNN engine (``hdl/cnn_engine.py``): one."""
+        return 1
+
     def with_(self, **changes) -> "CNNEngineConfig":
         cfg = replace(self, **changes)
         validate_cnn(cfg)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .fixed import ROUNDING_MODES, FixedFormat
 
-__all__ = ["ConfigError", "EngineConfig", "Formats", "FeedbackConfig", "load_config",
+__all__ = ["ConfigError", "EngineConfig", "Formats", "FeedbackConfig", "load_config", "load_engine_config",
            "default_config", "config_from_dict", "validate_formats", "ACTIVATIONS", "METHODS"]
 
 ACTIVATIONS = ("relu", "hardtanh")
@@ -425,6 +425,24 @@ def validate(cfg: EngineConfig) -> None:
 
 def load_config(path=None) -> EngineConfig:
     """Load a TOML configuration (``None``: the built-in default)."""
+    return config_from_dict(_read_toml(path))
+
+
+def load_engine_config(path=None):
+    """Load the configuration of either generated engine: a ``[network]`` with an ``input``
+    shape is a CNN (:class:`~dfa_engine.cnn_config.CNNEngineConfig`, ``docs/cnn.md``), any
+    other an MLP (:class:`EngineConfig`); ``None`` is the built-in default MLP."""
+    data = _read_toml(path)
+    net = data.get("network")
+    if isinstance(net, dict) and "input" in net:
+        from .cnn_config import cnn_config_from_dict
+
+        return cnn_config_from_dict(data)
+    return config_from_dict(data)
+
+
+def _read_toml(path) -> dict:
+    """The parsed TOML of ``path`` (``None``: the built-in default), errors as ConfigError."""
     if path is None:
         text = resources.files("dfa_engine").joinpath("configs/default.toml").read_text()
         source = "default.toml"
@@ -441,7 +459,7 @@ def load_config(path=None) -> EngineConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"({source})", "TOML", f"does not parse: {exc}") from None
-    return config_from_dict(data)
+    return data
 
 
 def default_config() -> EngineConfig:

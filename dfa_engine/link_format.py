@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 
 from dfa_engine.config import EngineConfig
 # the engine's ports are defined once, in hdl/engine.py; re-exported here for the host side
-from dfa_engine.hdl.engine import LABEL_BITS, address_layout, engine_signature, host_data_width
+from dfa_engine.hdl.engine import LABEL_BITS, engine_signature, host_data_width
 
 __all__ = [
     "FLAG", "ESCAPE", "ESCAPE_XOR", "CRC_POLY", "CRC_INIT", "HEADER_BYTES", "CRC_BYTES",
@@ -112,16 +112,18 @@ class LinkFormat:
     """
 
     def __init__(self, cfg: EngineConfig):
-        if not isinstance(cfg, EngineConfig):
-            raise TypeError(f"Configuration must be an EngineConfig, not {cfg!r}")
+        from dfa_engine.hdl.family import check_engine_config_type, engine_family
+
+        check_engine_config_type(cfg)
+        fam = engine_family(cfg)
 
         f = cfg.formats
         self.cfg = cfg
-        self.n_inputs = cfg.layers[0]
+        self.n_inputs = fam.n_inputs(cfg)
         self.n_classes = cfg.n_classes
         self.input_format = f.input
         self.error_format = f.error
-        self.address_width = sum(address_layout(cfg, cfg.lanes).values())
+        self.address_width = fam.signature(cfg).members["host_req"].signature.members["payload"].shape["address"].width
         self.data_width = host_data_width(cfg)
         self.prediction_width = _bits(cfg.n_classes)
         self.input_bytes = _bytes(f.input.width)

@@ -309,10 +309,31 @@ def _linear(coeffs, cfg):
     return c0 + cp * cfg.lanes + cc * cfg.n_classes
 
 
+def _is_cnn(cfg) -> bool:
+    from dfa_engine.cnn_config import CNNEngineConfig
+
+    return isinstance(cfg, CNNEngineConfig)
+
+
+def _cycles(cfg) -> dict:
+    if _is_cnn(cfg):
+        from dfa_engine.hdl.cnn_engine import cnn_cycles
+
+        return cnn_cycles(cfg)
+    return estimate_cycles(cfg)
+
+
 def macs_per_sample(cfg: EngineConfig) -> int:
     """Multiply-accumulates of one training sample: forward and weight update
     (``n_{l-1} n_l`` each per layer), plus the backward products: ``W^T delta`` for BP
     layers, ``B e`` for DFA layers (``C`` terms per neuron dense, ``k`` sparse)."""
+    if _is_cnn(cfg):
+        # the CNN engine's sum-of-product passes (conv/dense forward, DFA projection, BP,
+        # weight and bias gradients), one multiply-accumulate a term (hdl/cnn_engine.py)
+        from dfa_engine.hdl.cnn_engine import schedule
+
+        fwd, bwd = schedule(cfg)
+        return sum(p.cycles for p in fwd + bwd if p.kind in ("FWD", "DFA", "BP", "UPD", "UPDB"))
     n, L = cfg.layers, cfg.n_layers
     macs = 2 * sum(n[l] * n[l + 1] for l in range(L))
     for l in range(L - 1):
@@ -330,6 +351,8 @@ def method_rates(cfg: EngineConfig, mhz: float | None) -> dict:
     its backward datapath, whose area the resource figures do not include). Cycles from
     the controller's cycle model, which matches Verilator within a few cycles
     (``benchmarks/dfa_vs_bp.py``)."""
+    if _is_cnn(cfg):
+        return {}      # a CNN's methods are per layer in its configuration (docs/cnn.md)
     hidden = cfg.n_layers - 1
     kinds = {"dfa": ["dfa"] * hidden, "hybrid": ["dfa"] * (hidden - 1) + ["bp"], "bp": ["bp"] * hidden}
     out = {}
@@ -348,7 +371,7 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
     dev = DEVICES[b.device]
     freq = float(freq_mhz if freq_mhz is not None else b.default_mhz)
     inv = inv if inv is not None else inventory(cfg)
-    if dev.family == "ice40" and dev.spram and cfg.memory == "spram":
+    if dev.family == "ice40" and dev.spram and getattr(cfg, "memory", None) == "spram":
         # the weight memories the engine builds from SB_SPRAM256KA tiles on this device
         # (hdl/memory.py); the inventory is elaborated without a platform
         plan = spram_plan(cfg, dev.spram)
@@ -365,7 +388,7 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
     lut = _linear(cal["lut"], cfg) + mem_luts + 2 * mem["lutram_cells"]
     ff = _linear(cal["ff"], cfg) + mem["logic_bits"]
     dsp = _dsp_count(inv, dev)
-    cycles = estimate_cycles(cfg)
+    cycles = _cycles(cfg)
     sps = freq * 1e6 / cycles["train_sample"]
     macs = macs_per_sample(cfg)
     peak = dev.dsp * dev.dsp_fmax_mhz * 1e6
@@ -384,7 +407,9 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
         "board": board, "device": dev.name, "family": dev.family, "target_mhz": freq,
         "resources": res,
         "memory_bits": inv["memory_bits"],
-        "memory_bits_generator": memory_bits(cfg),
+        "memory_bits_generator": inv["memory_bits"] if _is_cnn(cfg) else memory_bits(cfg),
+        "logic_model": ("fitted on the MLP engine (CALIBRATION); for the CNN engine a rough guide"
+                        if _is_cnn(cfg) else "fitted on the MLP engine (CALIBRATION)"),
         "memory_map": mem["detail"],
         "memory_logic": {"ff_bits": mem["logic_bits"], "rom_bits": mem["rom_bits"],
                          "lutram_cells": mem["lutram_cells"], "bram_mux_luts": mux_luts},
@@ -620,7 +645,12 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     b = BOARDS[board]
     dev = DEVICES[b.device]
     freq = float(freq_mhz if freq_mhz is not None else b.default_mhz)
-    check_feasible(cfg)
+    if _is_cnn(cfg):
+        from dfa_engine.hdl.cnn_engine import check_engine_config
+
+        check_engine_config(cfg)
+    else:
+        check_feasible(cfg)
     top = b.top(cfg, freq_mhz=freq, baud=baud, init_parameters=init_parameters)   # PLL/UART errors now
     est = estimate(cfg, board, top.freq_mhz)
     echo(format_estimate(est, cfg))
@@ -652,11 +682,13 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     t0 = time.perf_counter()
     plan = b.platform().build(top, name=TOP_NAME, do_build=False, emit_src=False, **overrides)
     plan.extract(out)
-    from dfa_engine.hdl.engine import Engine
+    from dfa_engine.gen.generate import cnn_engine_info
+    from dfa_engine.hdl.family import engine_family
 
-    engine = Engine(cfg, init_parameters=False)
+    engine = engine_family(cfg).engine(cfg, init_parameters=False)
     engine._MustUse__silence = True       # only its signature is read
-    (out / "engine.json").write_text(json.dumps(engine_info(cfg, engine), indent=2) + "\n")
+    info = cnn_engine_info(cfg, engine) if _is_cnn(cfg) else engine_info(cfg, engine)
+    (out / "engine.json").write_text(json.dumps(info, indent=2) + "\n")
     times = {"elaborate": time.perf_counter() - t0}
 
     script = (out / f"build_{TOP_NAME}.sh").read_text().splitlines()
@@ -719,7 +751,7 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     bitstream = f"{TOP_NAME}.bin" if dev.family == "ice40" else f"{TOP_NAME}.bit"
     report = {
         "board": board, "device": dev.name, "family": dev.family,
-        "network": list(cfg.layers), "lanes": cfg.lanes, "methods": list(cfg.methods),
+        "network": cfg.network_name if _is_cnn(cfg) else list(cfg.layers), "lanes": cfg.lanes, "methods": list(cfg.methods),
         "status": status, "failed_step": failed, "error": error, "dsp_inference": not no_dsp,
         "requested_mhz": freq, "target_mhz": target, "fmax_mhz": fmax, "timing_met": timing_met,
         "clocks": clocks,

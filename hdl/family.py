@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Callable
 
-__all__ = ["EngineFamily", "engine_family"]
+__all__ = ["EngineFamily", "engine_family", "check_engine_config_type"]
 
 
 @dataclass(frozen=True)
@@ -51,3 +51,12 @@ def engine_family(cfg) -> EngineFamily:
     from dfa_engine.cnn_config import CNNEngineConfig
 
     return _cnn() if isinstance(cfg, CNNEngineConfig) else _mlp()
+
+
+def check_engine_config_type(cfg):
+    """Raise ``TypeError`` unless ``cfg`` is a configuration of a generated engine."""
+    from dfa_engine.cnn_config import CNNEngineConfig
+    from dfa_engine.config import EngineConfig
+
+    if not isinstance(cfg, (EngineConfig, CNNEngineConfig)):
+        raise TypeError(f"Configuration must be an EngineConfig or a CNNEngineConfig, not {cfg!r}")
