@@ -32,28 +32,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, memory, stream, wiring
+from amaranth.hdl import Const, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from dfa_engine.cnn_config import CNNEngineConfig
 
-from .arith import Requantize, hardtanh, times_const
+from .arith import hardtanh, times_const
 from .engine import LABEL_BITS
-from .output_error import OutputError
+from .loopnest import LOOP_COUNTERS, LoopNestEngine, PassPlan, bits_for, flat, lut, schedule_cycles
 
 __all__ = ["CNNEngine", "cnn_engine_signature", "cnn_address_layout", "cnn_host_address", "CNN_COUNTERS",
            "cnn_cycles", "schedule", "network_layers", "check_engine_config"]
 
 #: Read-only counters at ``kind = 2``, by index.
-CNN_COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
-                "saturation_events", "samples_received")
-COUNTER_MAX = 2**32 - 1
-
-
-def _bits(n):
-    """Bits to hold 0 .. n - 1 (at least 1)."""
-    return max(1, (n - 1).bit_length())
+CNN_COUNTERS = LOOP_COUNTERS
+_bits = bits_for
 
 
 # ---- geometry of the network, shared by the engine, its host map and the cycle count ------------
@@ -177,25 +171,6 @@ def cnn_engine_signature(cfg: CNNEngineConfig) -> wiring.Signature:
 
 # ---- the schedule --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class PassPlan:
-    """One loop nest of the schedule: ``kind`` (FWD, POOL, DOUT, DFA, BP, ROUTE, UPD, UPDB),
-    the layer, the outer loops (one output element each) and the inner loops (its terms)."""
-    kind: str
-    layer: int
-    outer: tuple
-    inner: tuple
-
-    @property
-    def dims(self) -> tuple:
-        return self.outer + self.inner
-
-    @property
-    def cycles(self) -> int:
-        """Issue cycles (one term a cycle), without the pass's one drain cycle."""
-        return math.prod(self.dims)
-
-
 def schedule(cfg: CNNEngineConfig) -> tuple:
     """(forward passes, backward and update passes) of one sample, in order."""
     layers = network_layers(cfg)
@@ -232,57 +207,22 @@ def schedule(cfg: CNNEngineConfig) -> tuple:
     return fwd, bwd
 
 
-def output_error_cycles(cfg) -> int:
-    """Cycles of the output-error unit (``hdl/output_error.py``): start, max, exp, divide, and
-    per class a shift-and-add multiplication."""
-    from dfa_engine.tables import EXP_FRAC_BITS
-
-    C = cfg.n_classes
-    return 1 + (C + 1) + C + 4 + 33 + C * (EXP_FRAC_BITS + 1 + 4) + 1 + 1
-
-
 def cnn_cycles(cfg: CNNEngineConfig) -> dict:
-    """Cycles per training and inference sample by phase: the controller's schedule (each
-    pass issues one term a cycle and drains one cycle; the output-error unit as in the MLP)."""
+    """Cycles per training and inference sample by phase: the controller's schedule."""
     fwd, bwd = schedule(cfg)
-    load = math.prod(cfg.input_shape) + 1
-    f = sum(p.cycles + 1 for p in fwd)
-    b = sum(p.cycles + 1 for p in bwd)
-    err = output_error_cycles(cfg)
-    return {"load": load, "forward": f, "output_error": err, "backward_and_update": b, "result": 1,
-            "train_sample": load + f + err + b + 1, "infer_sample": load + f + err + 1,
-            "terms_per_sample": sum(p.cycles for p in fwd + bwd)}
+    return schedule_cycles(fwd, bwd, math.prod(cfg.input_shape), cfg)
 
 
 # ---- the engine ----------------------------------------------------------------------------------
 
-def _lut(values, index):
-    """A constant table read with ``index`` (small: address arithmetic by a non-power-of-two
-    divisor or modulus, which would otherwise be a divider)."""
-    if len(set(values)) == 1:
-        return Const(values[0])
-    return Array([Const(v) for v in values])[index]
-
-
-def _flat(indices, dims):
-    """Row-major flat index of ``indices`` in an array of ``dims`` (constant strides, no
-    multiplier)."""
-    total, stride = None, 1
-    for i, d in zip(reversed(indices), reversed(dims)):
-        term = times_const(i, stride) if stride != 1 else i
-        total = term if total is None else total + term
-        stride *= d
-    return total
-
-
-class CNNEngine(wiring.Component):
+class CNNEngine(LoopNestEngine):
     """The generated CNN trainer for one :class:`CNNEngineConfig` (see the module's text).
 
     Members: ``sample``, ``result``, ``host_req``, ``host_resp`` as the MLP engine's
     (:class:`~dfa_engine.hdl.engine.Engine`); the host map is :func:`cnn_address_layout`.
     """
 
-    N_COUNTERS = 6
+    COUNTERS = CNN_COUNTERS
 
     def __init__(self, cfg: CNNEngineConfig, params=None, init_parameters: bool = True):
         from dfa_engine.sim.golden_cnn import initial_cnn_parameters
@@ -292,67 +232,72 @@ class CNNEngine(wiring.Component):
         self._params = initial_cnn_parameters(cfg) if params is None else params
         self._init_parameters = init_parameters
         self._addr = cnn_address_layout(cfg)
-        self._data_width = max(32, cfg.formats.weight.width, cfg.formats.bias.width)
         super().__init__(cnn_engine_signature(cfg))
 
-    @property
-    def cfg(self):
-        return self._cfg
+    def programs(self):
+        return schedule(self._cfg)
 
-    # ------------------------------------------------------------------------------------------
-    def elaborate(self, platform):
-        m = Module()
+    def n_inputs(self):
+        return math.prod(self._cfg.input_shape)
+
+    def load_port(self):
+        return self.xmem[0]
+
+    def parameter_ports(self):
+        return [(self.wmem[l], self.bmem[l], Ly.n_weights, Ly.h_shape[0]) for l, Ly in enumerate(self._layers)]
+
+    def build_memories(self):
         cfg, f = self._cfg, self._cfg.formats
-        layers = self._layers
-        L, C = len(layers), cfg.n_classes
-        fwd_plan, bwd_plan = schedule(cfg)
-        plan = fwd_plan + bwd_plan
-        in_fmt = [cfg.in_format(l) for l in range(L)]
-
-        # ---- memories --------------------------------------------------------------------
-        def mem(name, shape, depth, init=None):
-            mm = memory.Memory(shape=shape, depth=max(depth, 2), init=init or [])
-            m.submodules[name] = mm
-            return _Ports(mm.read_port(), mm.write_port())
-
-        act_shape = f.activation.amaranth_shape()
-        delta_shape = f.delta.amaranth_shape()
-        xmem = [mem(f"x{l}", in_fmt[l].amaranth_shape(), math.prod(layers[l].in_shape)) for l in range(L)]
-        hmem, maskmem, argmem, gmem, fbrom = {}, {}, {}, {}, {}
-        dmem = [mem(f"delta{l}", delta_shape, math.prod(layers[l].h_shape)) for l in range(L)]
-        wmem, bmem = [], []
+        layers, L = self._layers, len(self._layers)
+        mem = self.mem
+        self.in_fmt = in_fmt = [cfg.in_format(l) for l in range(L)]
+        act_shape, delta_shape = f.activation.amaranth_shape(), f.delta.amaranth_shape()
+        self.xmem = [mem(f"x{l}", in_fmt[l].amaranth_shape(), math.prod(layers[l].in_shape)) for l in range(L)]
+        self.dmem = [mem(f"delta{l}", delta_shape, math.prod(layers[l].h_shape)) for l in range(L)]
+        self.hmem, self.maskmem, self.argmem, self.gmem, self.fbrom = {}, {}, {}, {}, {}
+        self.wmem, self.bmem = [], []
         for l, Ly in enumerate(layers):
             W, b = self._params[l]
             winit = [int(v) for v in W.reshape(-1)] if self._init_parameters else None
             binit = [int(v) for v in b] if self._init_parameters else None
-            wmem.append(mem(f"w{l}", f.weight.amaranth_shape(), Ly.n_weights, winit))
-            bmem.append(mem(f"b{l}", f.bias.amaranth_shape(), Ly.h_shape[0], binit))
+            self.wmem.append(mem(f"w{l}", f.weight.amaranth_shape(), Ly.n_weights, winit))
+            self.bmem.append(mem(f"b{l}", f.bias.amaranth_shape(), Ly.h_shape[0], binit))
             if l == L - 1:
                 continue
             n_h = math.prod(Ly.h_shape)
-            maskmem[l] = mem(f"mask{l}", unsigned(1), n_h)
+            self.maskmem[l] = mem(f"mask{l}", unsigned(1), n_h)
             if Ly.pool is not None:
-                hmem[l] = mem(f"h{l}", act_shape, n_h)
+                self.hmem[l] = mem(f"h{l}", act_shape, n_h)
                 if Ly.pool[0] == "max":
-                    argmem[l] = mem(f"arg{l}", unsigned(_bits(Ly.pool[1] ** 2)), math.prod(Ly.o_shape))
+                    self.argmem[l] = mem(f"arg{l}", unsigned(_bits(Ly.pool[1] ** 2)), math.prod(Ly.o_shape))
             if Ly.method == "bp":
-                gmem[l] = mem(f"g{l}", delta_shape, math.prod(Ly.o_shape))
+                self.gmem[l] = mem(f"g{l}", delta_shape, math.prod(Ly.o_shape))
             else:
-                fbrom[l] = self._feedback_rom(m, l, Ly, mem)
+                self.fbrom[l] = self._feedback_rom(l, Ly)
 
-        m.submodules.oe = oe = OutputError(cfg, lanes=1)
+    def _feedback_rom(self, l, Ly):
+        """The sparse dilated table of layer ``l``: word ``r * k + m`` = ``{index, value}``."""
+        from dfa_engine.sim.golden_cnn import dilated_feedback_table, dilated_feedback_values
 
-        # ---- shared datapath widths --------------------------------------------------------
+        cfg, f = self._cfg, self._cfg.formats
+        index, sign, shift = dilated_feedback_table(Ly.h_shape[0], cfg.n_classes, cfg.feedback, l)
+        value = dilated_feedback_values(sign, shift, f.feedback.frac_bits)
+        vw = f.feedback.width
+        words = [(int(i) << vw) | (int(v) & ((1 << vw) - 1)) for i, v in zip(index.reshape(-1), value.reshape(-1))]
+        return self.mem(f"fb{l}", unsigned(vw + _bits(cfg.n_classes)), len(words), words)
+
+    def widths(self, plan):
+        cfg, f, layers = self._cfg, self._cfg.formats, self._layers
+
         def mag(fmt):
             return max(-fmt.min_raw, fmt.max_raw)
 
-        fb_vw = f.feedback.width
-        a_w = max(f.weight.width, f.delta.width, fb_vw, f.activation.width) + 1
+        in_fmt = self.in_fmt
+        a_w = max(f.weight.width, f.delta.width, f.feedback.width, f.activation.width) + 1
         b_w = max(max(x.width for x in in_fmt), f.delta.width, f.error.width, 2) + 1
         bound = 0
         for p in plan:
             n = math.prod(p.inner)
-            Ly = layers[p.layer]
             if p.kind == "FWD":
                 acc_frac = cfg.accumulator_frac(p.layer)
                 t = mag(f.weight) * mag(in_fmt[p.layer]) * n + (mag(f.bias) << (acc_frac - f.bias.frac_bits))
@@ -369,299 +314,11 @@ class CNNEngine(wiring.Component):
             else:
                 t = 0
             bound = max(bound, t)
-        acc_w = bound.bit_length() + 2
-
-        # ---- controller state --------------------------------------------------------------
-        n_ctr = self.N_COUNTERS
-        ctr_w = _bits(max(max(p.dims) for p in plan) + 1)
-        c = [Signal(ctr_w, name=f"c{k}") for k in range(n_ctr)]
-        cur = Signal(range(len(plan) + 1))
-        # stage 1 (the cycle after an issue)
-        cd = [Signal(ctr_w, name=f"cd{k}") for k in range(n_ctr)]
-        pass_d = Signal(range(len(plan) + 1))
-        active_d, first_d, last_d, valid_d = Signal(), Signal(), Signal(), Signal()
-        issuing = Signal()
-        valid = Signal()
-
-        label = Signal(LABEL_BITS)
-        train = Signal()
-        label_ok = Signal()
-        do_train = Signal()
-        load_count = Signal(range(max(math.prod(cfg.input_shape), 2)))
-        prediction = Signal(_bits(C))
-        counters = Array(Signal(32, name=f"ctr_{n}") for n in CNN_COUNTERS)
-        ctr = dict(zip(CNN_COUNTERS, counters))
-
-        def bump(name, amount=1):
-            sig = ctr[name]
-            m.d.sync += sig.eq(Mux(sig + amount > COUNTER_MAX, COUNTER_MAX, sig + amount))
-
-        # ---- the shared multiply-accumulate ------------------------------------------------
-        mul_a = Signal(signed(a_w))
-        mul_b = Signal(signed(b_w))
-        init = Signal(signed(acc_w))
-        acc = Signal(signed(acc_w))
-        total = Signal(signed(acc_w))
-        m.d.comb += total.eq(Mux(first_d, init, acc) + Mux(valid_d, mul_a * mul_b, 0))
-        with m.If(active_d):
-            m.d.sync += acc.eq(total)
-        sat_events = Signal(3)
-        finishing = Signal()
-        m.d.comb += finishing.eq(active_d & last_d)
-        with m.If(finishing & do_train):
-            bump("saturation_events", sat_events)
-
-        ctx = _Context(m=m, cfg=cfg, layers=layers, c=c, cd=cd, valid=valid, mul_a=mul_a, mul_b=mul_b,
-                       init=init, total=total, acc_w=acc_w, first_d=first_d, finishing=finishing,
-                       sat_events=sat_events, xmem=xmem, hmem=hmem, maskmem=maskmem, argmem=argmem,
-                       dmem=dmem, gmem=gmem, wmem=wmem, bmem=bmem, fbrom=fbrom, oe=oe, in_fmt=in_fmt)
-
-        # issue side: addresses of the running pass; stage side: the pass of the term in flight
-        with m.Switch(cur):
-            for pid, p in enumerate(plan):
-                with m.Case(pid):
-                    m.d.comb += valid.eq(1)
-                    getattr(ctx, f"issue_{p.kind}")(p)
-        with m.If(active_d):
-            with m.Switch(pass_d):
-                for pid, p in enumerate(plan):
-                    with m.Case(pid):
-                        getattr(ctx, f"stage_{p.kind}")(p)
-
-        # counters of the running pass: step, and flags for the stage
-        last_issue = Signal()
-        first_term, last_term = Signal(), Signal()
-        with m.Switch(cur):
-            for pid, p in enumerate(plan):
-                with m.Case(pid):
-                    dims = p.dims
-                    n_out = len(p.outer)
-                    at_max = [c[k] == dims[k] - 1 for k in range(len(dims))]
-                    m.d.comb += [
-                        first_term.eq(_all([c[k] == 0 for k in range(n_out, len(dims))])),
-                        last_term.eq(_all(at_max[n_out:])),
-                        last_issue.eq(_all(at_max)),
-                    ]
-                    with m.If(issuing):
-                        self._step(m, c, dims, len(dims) - 1)
-        m.d.sync += [active_d.eq(issuing), first_d.eq(first_term), last_d.eq(last_term), valid_d.eq(valid),
-                     pass_d.eq(cur)] + [cd[k].eq(c[k]) for k in range(n_ctr)]
-
-        # ---- host requests ---------------------------------------------------------------------
-        fi, fl = self._addr["index"], self._addr["layer"]
-        h_addr = Signal(fi + fl + 2)
-        h_write = Signal()
-        h_data = Signal(signed(self._data_width))
-        h_index, h_layer, h_kind = h_addr[:fi], h_addr[fi:fi + fl], h_addr[fi + fl:]
-        resp_data = Signal(signed(self._data_width))
-        resp_error = Signal()
-        in_host = Signal()
-        with m.If(in_host):
-            for l in range(L):
-                m.d.comb += [wmem[l].r.addr.eq(h_index), bmem[l].r.addr.eq(h_index)]
-
-        m.d.comb += [
-            self.result.payload.prediction.eq(prediction),
-            self.result.payload.e.eq(oe.e),
-            self.result.payload.trained.eq(do_train),
-            self.result.payload.rejected.eq(train & ~label_ok),
-            self.host_resp.payload.data.eq(resp_data),
-            self.host_resp.payload.error.eq(resp_error),
-            oe.i.payload.label.eq(Mux(label_ok, label, 0)),
-        ]
-        first_bwd = len(fwd_plan)
-        n_in = math.prod(cfg.input_shape)
-
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.host_req.valid):
-                    m.d.comb += self.host_req.ready.eq(1)
-                    m.d.sync += [h_addr.eq(self.host_req.payload.address), h_write.eq(self.host_req.payload.write),
-                                 h_data.eq(self.host_req.payload.data)]
-                    m.next = "HOST_READ"
-                with m.Elif(self.sample.valid):
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.comb += [self.sample.ready.eq(1), xmem[0].w.addr.eq(load_count),
-                             xmem[0].w.data.eq(self.sample.payload.data), xmem[0].w.en.eq(self.sample.valid)]
-                with m.If(self.sample.valid):
-                    with m.If(load_count == 0):
-                        lab, tr = self.sample.payload.label, self.sample.payload.train
-                        ok = lab < C
-                        m.d.sync += [label.eq(lab), train.eq(tr), label_ok.eq(ok), do_train.eq(tr & ok)]
-                        bump("samples_received")
-                    with m.If(load_count == n_in - 1):
-                        m.d.sync += [load_count.eq(0), cur.eq(0)]
-                        m.next = "RUN"
-                    with m.Else():
-                        m.d.sync += load_count.eq(load_count + 1)
-            with m.State("RUN"):
-                m.d.comb += issuing.eq(1)
-                with m.If(last_issue):
-                    m.next = "DRAIN"
-            with m.State("DRAIN"):
-                with m.If(cur == first_bwd - 1):
-                    m.next = "ERR_START"
-                with m.Elif(cur == len(plan) - 1):
-                    m.next = "RESULT"
-                with m.Else():
-                    m.d.sync += cur.eq(cur + 1)
-                    m.next = "RUN"
-            with m.State("ERR_START"):
-                m.d.comb += oe.i.valid.eq(1)
-                with m.If(oe.i.ready):
-                    m.next = "ERR_WAIT"
-            with m.State("ERR_WAIT"):
-                m.d.comb += oe.o.ready.eq(1)
-                with m.If(oe.o.valid):
-                    m.d.sync += prediction.eq(oe.o.payload.prediction)
-                    with m.If(do_train):
-                        bump("saturation_events", oe.o.payload.saturated)
-                        m.d.sync += cur.eq(first_bwd)
-                        m.next = "RUN"
-                    with m.Else():
-                        m.next = "RESULT"
-            with m.State("RESULT"):
-                m.d.comb += self.result.valid.eq(1)
-                with m.If(self.result.ready):
-                    with m.If(do_train):
-                        bump("samples_trained")
-                    with m.Else():
-                        bump("samples_inferred")
-                    with m.If(train & ~label_ok):
-                        bump("rejected_labels")
-                    m.next = "IDLE"
-            with m.State("HOST_READ"):
-                m.d.comb += in_host.eq(1)
-                m.next = "HOST_ANSWER"
-            with m.State("HOST_ANSWER"):
-                # the read data of h_index is here: answer with it, and write when allowed
-                m.d.comb += in_host.eq(1)
-                self._host_answer(m, h_kind, h_layer, h_index, h_write, h_data, resp_data, resp_error,
-                                  counters, bump, wmem, bmem)
-                m.next = "HOST_RESP"
-            with m.State("HOST_RESP"):
-                m.d.comb += self.host_resp.valid.eq(1)
-                with m.If(self.host_resp.ready):
-                    m.next = "IDLE"
-        return m
-
-    # ------------------------------------------------------------------------------------------
-    @staticmethod
-    def _step(m, c, dims, k):
-        """Advance the nested counters ``c[0..k]`` (innermost ``k``) of loops ``dims``."""
-        if k < 0:
-            return
-        if dims[k] == 1:
-            CNNEngine._step(m, c, dims, k - 1)
-            return
-        with m.If(c[k] == dims[k] - 1):
-            m.d.sync += c[k].eq(0)
-            CNNEngine._step(m, c, dims, k - 1)
-        with m.Else():
-            m.d.sync += c[k].eq(c[k] + 1)
-
-    def _feedback_rom(self, m, l, Ly, mem):
-        """The sparse dilated table of layer ``l``: word ``r * k + m`` = ``{index, value}``."""
-        from dfa_engine.sim.golden_cnn import dilated_feedback_table, dilated_feedback_values
-
-        cfg, f = self._cfg, self._cfg.formats
-        index, sign, shift = dilated_feedback_table(Ly.h_shape[0], cfg.n_classes, cfg.feedback, l)
-        value = dilated_feedback_values(sign, shift, f.feedback.frac_bits)
-        vw = f.feedback.width
-        words = [(int(i) << vw) | (int(v) & ((1 << vw) - 1)) for i, v in zip(index.reshape(-1), value.reshape(-1))]
-        return mem(f"fb{l}", unsigned(vw + _bits(cfg.n_classes)), len(words), words)
-
-    def _host_answer(self, m, kind, layer, index, write, data_in, resp_data, resp_error, counters, bump,
-                     wmem, bmem):
-        f = self._cfg.formats
-        L = len(self._layers)
-        refused = Signal()
-        with m.Switch(kind):
-            with m.Case(0, 1):
-                for l, Ly in enumerate(self._layers):
-                    with m.If(layer == l):
-                        for code, port, fmt, depth in ((0, wmem[l], f.weight, Ly.n_weights),
-                                                       (1, bmem[l], f.bias, Ly.h_shape[0])):
-                            with m.If(kind == code):
-                                m.d.sync += resp_data.eq(port.r.data)
-                                in_map = index < depth
-                                fits = (data_in >= fmt.min_raw) & (data_in <= fmt.max_raw)
-                                m.d.comb += refused.eq(~in_map | (write & ~fits))
-                                m.d.comb += [port.w.addr.eq(index), port.w.data.eq(data_in),
-                                             port.w.en.eq(write & in_map & fits)]
-                with m.If(layer >= L):
-                    m.d.comb += refused.eq(1)
-            with m.Case(2):
-                m.d.sync += resp_data.eq(counters[index[:_bits(len(CNN_COUNTERS))]])
-                m.d.comb += refused.eq(write | (index >= len(CNN_COUNTERS)))
-            with m.Default():
-                m.d.comb += refused.eq(1)
-        m.d.sync += resp_error.eq(refused)
-        with m.If(refused):
-            bump("rejected_addresses")
-
-
-def _all(terms):
-    out = Const(1)
-    for t in terms:
-        out = out & t
-    return out
-
-
-class _Ports:
-    """A memory's read port ``r`` and write port ``w``."""
-
-    def __init__(self, r, w):
-        self.r, self.w = r, w
-
-
-@dataclass
-class _Context:
-    """The passes' issue and stage logic (one method pair per pass kind), on the shared
-    datapath of :meth:`CNNEngine.elaborate`."""
-    m: Module
-    cfg: CNNEngineConfig
-    layers: list
-    c: list
-    cd: list
-    valid: Signal
-    mul_a: Signal
-    mul_b: Signal
-    init: Signal
-    total: Signal
-    acc_w: int
-    first_d: Signal
-    finishing: Signal
-    sat_events: Signal
-    xmem: list
-    hmem: dict
-    maskmem: dict
-    argmem: dict
-    dmem: list
-    gmem: dict
-    wmem: list
-    bmem: list
-    fbrom: dict
-    oe: OutputError
-    in_fmt: list
-    _n: list = field(default_factory=list)
-
-    def _rq(self, value, in_frac, fmt, mode, width=None):
-        rq = Requantize(width or self.acc_w, in_frac, fmt, "trunc" if mode == "trunc" else "nearest")
-        self._n.append(rq)
-        self.m.submodules[f"rq{len(self._n)}"] = rq
-        self.m.d.comb += rq.i.eq(value)
-        return rq
-
-    def _sat(self, *flags):
-        total = flags[0]
-        for fl in flags[1:]:
-            total = total + fl
-        self.m.d.comb += self.sat_events.eq(total)
+        del layers
+        return a_w, b_w, bound.bit_length() + 2
 
     def _lr(self, l):
-        cfg, f = self.cfg, self.cfg.formats
+        cfg, f = self._cfg, self._cfg.formats
         if cfg.lr_multiplier is None:
             return 1, cfg.lr_shift[l]
         return int(f.learning_rate.from_float(cfg.lr_multiplier)), f.learning_rate.frac_bits
@@ -672,11 +329,9 @@ class _Context:
         Ci, H, W = Ly.in_shape
         Co = Ly.h_shape[0]
         cig, cog = Ci // Ly.groups, Co // Ly.groups
-        g = _lut([q // cog for q in range(Co)], co) if Ly.groups > 1 else Const(0)
+        g = lut([q // cog for q in range(Co)], co) if Ly.groups > 1 else Const(0)
         cin = times_const(g, cig) + ci
-        iy = Signal(signed(16), name=f"iy{Ly.l}_{len(self._n)}")
-        ix = Signal(signed(16), name=f"ix{Ly.l}_{len(self._n)}")
-        self._n.append(iy)
+        iy, ix = self.signal(signed(16), f"iy{Ly.l}"), self.signal(signed(16), f"ix{Ly.l}")
         self.m.d.comb += [iy.eq(times_const(oy, Ly.stride) + ky - Ly.padding),
                           ix.eq(times_const(ox, Ly.stride) + kx - Ly.padding)]
         ok = (iy >= 0) & (iy < H) & (ix >= 0) & (ix < W)
@@ -684,7 +339,7 @@ class _Context:
         return addr, ok
 
     def issue_FWD(self, p):
-        m, Ly, l = self.m, self.layers[p.layer], p.layer
+        m, Ly, l = self.m, self._layers[p.layer], p.layer
         c = self.c
         if Ly.kind == "dense":
             co, j = c[0], c[1]
@@ -695,19 +350,19 @@ class _Context:
         K = Ly.kernel
         addr, ok = self._conv_input(Ly, co, ci, oy, ox, ky, kx)
         m.d.comb += [self.xmem[l].r.addr.eq(addr), self.valid.eq(ok),
-                     self.wmem[l].r.addr.eq(_flat([co, ci, ky, kx], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K))),
+                     self.wmem[l].r.addr.eq(flat([co, ci, ky, kx], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K))),
                      self.bmem[l].r.addr.eq(co)]
 
     def stage_FWD(self, p):
-        m, cfg, f, l = self.m, self.cfg, self.cfg.formats, p.layer
-        Ly, L = self.layers[l], len(self.layers)
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        Ly, L = self._layers[l], len(self._layers)
         acc_frac = cfg.accumulator_frac(l)
         m.d.comb += [self.mul_a.eq(self.wmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data),
                      self.init.eq(self.bmem[l].r.data << (acc_frac - f.bias.frac_bits))]
-        rq = self._rq(self.total, acc_frac, f.activation, cfg.rounding_forward)
-        out = _flat(self.cd[:3], Ly.h_shape) if Ly.kind == "conv" else self.cd[0]
+        rq = self.rq(self.total, acc_frac, f.activation, cfg.rounding_forward)
+        out = flat(self.cd[:3], Ly.h_shape) if Ly.kind == "conv" else self.cd[0]
         with m.If(self.finishing):
-            self._sat(rq.saturated)
+            self.sat(rq.saturated)
             if l == L - 1:
                 m.d.comb += [self.oe.y_wr.en.eq(1), self.oe.y_wr.group.eq(self.cd[0]),
                              self.oe.y_wr.value[0].eq(rq.o)]
@@ -723,7 +378,7 @@ class _Context:
 
     # ---- pooling --------------------------------------------------------------------------
     def issue_POOL(self, p):
-        Ly, c = self.layers[p.layer], self.c
+        Ly, c = self._layers[p.layer], self.c
         _, H, W = Ly.h_shape
         P = Ly.pool[1]
         ch, oy, ox, py, px = c[:5]
@@ -731,16 +386,16 @@ class _Context:
         self.m.d.comb += self.hmem[p.layer].r.addr.eq(addr)
 
     def stage_POOL(self, p):
-        m, cfg, f, l = self.m, self.cfg, self.cfg.formats, p.layer
-        Ly, cd = self.layers[l], self.cd
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        Ly, cd = self._layers[l], self.cd
         kind, P = Ly.pool
         val = self.hmem[l].r.data
-        out = _flat(cd[:3], Ly.o_shape)
+        out = flat(cd[:3], Ly.o_shape)
         dest = self.xmem[l + 1]
         m.d.comb += [dest.w.addr.eq(out), dest.w.en.eq(self.finishing)]
         if kind == "avg":
             m.d.comb += [self.mul_a.eq(val), self.mul_b.eq(1), self.init.eq(0)]
-            rq = self._rq(self.total, f.activation.frac_bits + 2 * (P.bit_length() - 1), f.activation,
+            rq = self.rq(self.total, f.activation.frac_bits + 2 * (P.bit_length() - 1), f.activation,
                           cfg.rounding_forward)
             m.d.comb += dest.w.data.eq(rq.o)
             return
@@ -757,41 +412,41 @@ class _Context:
         pass
 
     def stage_DOUT(self, p):
-        m, cfg, f = self.m, self.cfg, self.cfg.formats
-        rq = self._rq(self.oe.e[self.cd[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        rq = self.rq(self.oe.e[self.cd[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
         dm = self.dmem[p.layer]
         m.d.comb += [dm.w.addr.eq(self.cd[0]), dm.w.data.eq(rq.o), dm.w.en.eq(1)]
-        self._sat(rq.saturated)
+        self.sat(rq.saturated)
 
     # ---- sparse dilated DFA --------------------------------------------------------------
     def issue_DFA(self, p):
-        m, Ly, c = self.m, self.layers[p.layer], self.c
+        m, Ly, c = self.m, self._layers[p.layer], self.c
         d, k = self.cfg.feedback.d, self.cfg.feedback.k
         ch, y, x, t = c[:4]
         _, H, W = Ly.h_shape
-        ym = _lut([v % d for v in range(H)], y)
-        xm = _lut([v % d for v in range(W)], x)
+        ym = lut([v % d for v in range(H)], y)
+        xm = lut([v % d for v in range(W)], x)
         row = times_const(ch, d * d) + times_const(ym, d) + xm
         m.d.comb += [self.fbrom[p.layer].r.addr.eq(times_const(row, k) + t),
-                     self.maskmem[p.layer].r.addr.eq(_flat([ch, y, x], Ly.h_shape))]
+                     self.maskmem[p.layer].r.addr.eq(flat([ch, y, x], Ly.h_shape))]
 
     def stage_DFA(self, p):
-        m, cfg, f, l = self.m, self.cfg, self.cfg.formats, p.layer
-        Ly = self.layers[l]
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        Ly = self._layers[l]
         word = self.fbrom[l].r.data
         vw = f.feedback.width
         m.d.comb += [self.mul_a.eq(word[:vw].as_signed()), self.mul_b.eq(self.oe.e[word[vw:]]), self.init.eq(0)]
-        rq = self._rq(self.total, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward)
+        rq = self.rq(self.total, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward)
         dm = self.dmem[l]
-        m.d.comb += [dm.w.addr.eq(_flat(self.cd[:3], Ly.h_shape)),
+        m.d.comb += [dm.w.addr.eq(flat(self.cd[:3], Ly.h_shape)),
                      dm.w.data.eq(Mux(self.maskmem[l].r.data, rq.o, 0)), dm.w.en.eq(self.finishing)]
         with m.If(self.finishing):
-            self._sat(rq.saturated)
+            self.sat(rq.saturated)
 
     # ---- BP through the layer above, at this layer's block output -------------------------
     def issue_BP(self, p):
         m, c = self.m, self.c
-        Up = self.layers[p.layer + 1]
+        Up = self._layers[p.layer + 1]
         w, dm = self.wmem[p.layer + 1], self.dmem[p.layer + 1]
         if Up.kind == "dense":
             j, co = c[0], c[1]
@@ -802,8 +457,8 @@ class _Context:
         K, s, pd, G = Up.kernel, Up.stride, Up.padding, Up.groups
         cig, cog = Ci // G, Co // G
         ci, iy, ix, q, ky, kx = c[:6]
-        g = _lut([v // cig for v in range(Ci)], ci) if G > 1 else Const(0)
-        cim = _lut([v % cig for v in range(Ci)], ci) if G > 1 else ci
+        g = lut([v // cig for v in range(Ci)], ci) if G > 1 else Const(0)
+        cim = lut([v % cig for v in range(Ci)], ci) if G > 1 else ci
         co = times_const(g, cog) + q
         oy, oky = self._transposed(iy, ky, pd, s, K, H, Ho, "y")
         ox, okx = self._transposed(ix, kx, pd, s, K, W, Wo, "x")
@@ -814,8 +469,7 @@ class _Context:
     def _transposed(self, i, k, pad, stride, K, size, out_size, axis):
         """``(o, valid)`` with ``o * stride = i + pad - k``: the output position that input
         ``i`` meets through kernel tap ``k``."""
-        t = Signal(signed(16), name=f"t{axis}_{len(self._n)}")
-        self._n.append(t)
+        t = self.signal(signed(16), f"t{axis}")
         self.m.d.comb += t.eq(i + pad - k)
         if stride == 1:
             return t, (t >= 0) & (t < out_size)
@@ -823,37 +477,37 @@ class _Context:
         span = range(lo, size + pad)
         ok_tab = [int(v >= 0 and v % stride == 0 and v // stride < out_size) for v in span]
         o_tab = [max(v, 0) // stride for v in span]
-        idx = Signal(range(len(span) + 1), name=f"ti{axis}_{len(self._n)}")
+        idx = self.signal(range(len(span) + 1), f"ti{axis}")
         self.m.d.comb += idx.eq(t - lo)
-        return _lut(o_tab, idx), _lut(ok_tab, idx)
+        return lut(o_tab, idx), lut(ok_tab, idx)
 
     def stage_BP(self, p):
-        m, cfg, f, l = self.m, self.cfg, self.cfg.formats, p.layer
-        Ly = self.layers[l]
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        Ly = self._layers[l]
         avg_shift = 2 * (Ly.pool[1].bit_length() - 1) if Ly.pool is not None and Ly.pool[0] == "avg" else 0
         m.d.comb += [self.mul_a.eq(self.wmem[l + 1].r.data), self.mul_b.eq(self.dmem[l + 1].r.data),
                      self.init.eq(0)]
-        rq = self._rq(self.total, f.weight.frac_bits + f.delta.frac_bits + avg_shift, f.delta, cfg.rounding_backward)
-        Up = self.layers[l + 1]
-        out = self.cd[0] if Up.kind == "dense" else _flat(self.cd[:3], Up.in_shape)
+        rq = self.rq(self.total, f.weight.frac_bits + f.delta.frac_bits + avg_shift, f.delta, cfg.rounding_backward)
+        Up = self._layers[l + 1]
+        out = self.cd[0] if Up.kind == "dense" else flat(self.cd[:3], Up.in_shape)
         gm = self.gmem[l]
         m.d.comb += [gm.w.addr.eq(out), gm.w.data.eq(rq.o), gm.w.en.eq(self.finishing)]
         with m.If(self.finishing):
-            self._sat(rq.saturated)
+            self.sat(rq.saturated)
 
     # ---- BP routing through the pooling, and the mask -------------------------------------
     def issue_ROUTE(self, p):
-        m, Ly, c = self.m, self.layers[p.layer], self.c
+        m, Ly, c = self.m, self._layers[p.layer], self.c
         ch, y, x = c[:3]
         _, H, W = Ly.h_shape
-        m.d.comb += self.maskmem[p.layer].r.addr.eq(_flat([ch, y, x], Ly.h_shape))
+        m.d.comb += self.maskmem[p.layer].r.addr.eq(flat([ch, y, x], Ly.h_shape))
         if Ly.pool is None:
-            m.d.comb += self.gmem[p.layer].r.addr.eq(_flat([ch, y, x], Ly.h_shape))
+            m.d.comb += self.gmem[p.layer].r.addr.eq(flat([ch, y, x], Ly.h_shape))
             return
         P = Ly.pool[1]
         _, Ho, Wo = Ly.o_shape
-        yo = _lut([min(v // P, Ho - 1) for v in range(H)], y)
-        xo = _lut([min(v // P, Wo - 1) for v in range(W)], x)
+        yo = lut([min(v // P, Ho - 1) for v in range(H)], y)
+        xo = lut([min(v // P, Wo - 1) for v in range(W)], x)
         addr = times_const(ch, Ho * Wo) + times_const(yo, Wo) + xo
         m.d.comb += self.gmem[p.layer].r.addr.eq(addr)
         if p.layer in self.argmem:
@@ -861,7 +515,7 @@ class _Context:
 
     def stage_ROUTE(self, p):
         m, l = self.m, p.layer
-        Ly, cd = self.layers[l], self.cd
+        Ly, cd = self._layers[l], self.cd
         g = self.gmem[l].r.data
         take = self.maskmem[l].r.data
         if Ly.pool is not None:
@@ -871,14 +525,14 @@ class _Context:
             inside = (cd[1] < Ho * P) & (cd[2] < Wo * P)
             take = take & inside
             if Ly.pool[0] == "max":
-                pos = times_const(_lut([v % P for v in range(H)], cd[1]), P) + _lut([v % P for v in range(W)], cd[2])
+                pos = times_const(lut([v % P for v in range(H)], cd[1]), P) + lut([v % P for v in range(W)], cd[2])
                 take = take & (self.argmem[l].r.data == pos)
         dm = self.dmem[l]
-        m.d.comb += [dm.w.addr.eq(_flat(cd[:3], Ly.h_shape)), dm.w.data.eq(Mux(take, g, 0)), dm.w.en.eq(1)]
+        m.d.comb += [dm.w.addr.eq(flat(cd[:3], Ly.h_shape)), dm.w.data.eq(Mux(take, g, 0)), dm.w.en.eq(1)]
 
     # ---- weight and bias updates ------------------------------------------------------------
     def issue_UPD(self, p):
-        m, Ly, c, l = self.m, self.layers[p.layer], self.c, p.layer
+        m, Ly, c, l = self.m, self._layers[p.layer], self.c, p.layer
         if Ly.kind == "dense":
             co, j = c[0], c[1]
             m.d.comb += [self.dmem[l].r.addr.eq(co), self.xmem[l].r.addr.eq(j),
@@ -888,43 +542,43 @@ class _Context:
         K = Ly.kernel
         addr, ok = self._conv_input(Ly, co, ci, oy, ox, ky, kx)
         m.d.comb += [self.xmem[l].r.addr.eq(addr), self.valid.eq(ok),
-                     self.dmem[l].r.addr.eq(_flat([co, oy, ox], Ly.h_shape)),
-                     self.wmem[l].r.addr.eq(_flat([co, ci, ky, kx], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))]
+                     self.dmem[l].r.addr.eq(flat([co, oy, ox], Ly.h_shape)),
+                     self.wmem[l].r.addr.eq(flat([co, ci, ky, kx], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))]
 
     def stage_UPD(self, p):
-        m, cfg, f, l = self.m, self.cfg, self.cfg.formats, p.layer
-        Ly = self.layers[l]
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        Ly = self._layers[l]
         m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data), self.init.eq(0)]
         lr, lr_frac = self._lr(l)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
-        rq = self._rq(scaled, f.delta.frac_bits + lr_frac + self.in_fmt[l].frac_bits, f.update, cfg.rounding_update,
+        rq = self.rq(scaled, f.delta.frac_bits + lr_frac + self.in_fmt[l].frac_bits, f.update, cfg.rounding_update,
                       width=width)
         w = self.wmem[l]
-        sat = self._rq(w.r.data - rq.o, f.weight.frac_bits, f.weight, "trunc", width=max(f.weight.width, f.update.width) + 2)
+        sat = self.rq(w.r.data - rq.o, f.weight.frac_bits, f.weight, "trunc", width=max(f.weight.width, f.update.width) + 2)
         K = Ly.kernel
-        out = (_flat(self.cd[:2], Ly.h_shape[:1] + Ly.in_shape[:1]) if Ly.kind == "dense" else
-               _flat(self.cd[:4], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))
+        out = (flat(self.cd[:2], Ly.h_shape[:1] + Ly.in_shape[:1]) if Ly.kind == "dense" else
+               flat(self.cd[:4], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))
         m.d.comb += [w.w.addr.eq(out), w.w.data.eq(sat.o), w.w.en.eq(self.finishing)]
         with m.If(self.finishing):
-            self._sat(rq.saturated, sat.saturated)
+            self.sat(rq.saturated, sat.saturated)
 
     def issue_UPDB(self, p):
-        m, Ly, c, l = self.m, self.layers[p.layer], self.c, p.layer
+        m, Ly, c, l = self.m, self._layers[p.layer], self.c, p.layer
         if Ly.kind == "dense":
             m.d.comb += [self.dmem[l].r.addr.eq(c[0]), self.bmem[l].r.addr.eq(c[0])]
             return
-        m.d.comb += [self.dmem[l].r.addr.eq(_flat(c[:3], Ly.h_shape)), self.bmem[l].r.addr.eq(c[0])]
+        m.d.comb += [self.dmem[l].r.addr.eq(flat(c[:3], Ly.h_shape)), self.bmem[l].r.addr.eq(c[0])]
 
     def stage_UPDB(self, p):
-        m, cfg, f, l = self.m, self.cfg, self.cfg.formats, p.layer
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
         m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(1), self.init.eq(0)]
         lr, lr_frac = self._lr(l)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
-        rq = self._rq(scaled, f.delta.frac_bits + lr_frac, f.bias, cfg.rounding_update, width=width)
+        rq = self.rq(scaled, f.delta.frac_bits + lr_frac, f.bias, cfg.rounding_update, width=width)
         b = self.bmem[l]
-        sat = self._rq(b.r.data - rq.o, f.bias.frac_bits, f.bias, "trunc", width=f.bias.width + 2)
+        sat = self.rq(b.r.data - rq.o, f.bias.frac_bits, f.bias, "trunc", width=f.bias.width + 2)
         m.d.comb += [b.w.addr.eq(self.cd[0]), b.w.data.eq(sat.o), b.w.en.eq(self.finishing)]
         with m.If(self.finishing):
-            self._sat(rq.saturated, sat.saturated)
+            self.sat(rq.saturated, sat.saturated)
