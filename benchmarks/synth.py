@@ -1,8 +1,9 @@
 """Full open-toolchain builds (Yosys, nextpnr, icepack/ecppack; YoWASP) of the example configurations.
 
 Cases: ``mnist_up5k`` (``examples/mnist_up5k.toml`` on the iCEBreaker at 30 MHz),
-``mnist_ecp5`` (``examples/mnist_ecp5.toml`` on the ULX3S-85F at 100 MHz), and one small
-configuration per family (``small_ice40``, ``small_ecp5``: 16-8-4). Each case goes
+``mnist_ecp5`` (``examples/mnist_ecp5.toml`` on the ULX3S-85F at 100 MHz), one small
+configuration per family (``small_ice40``, ``small_ecp5``: 16-8-4), and the CNN engine of
+``examples/cnn_2conv_hybrid.toml`` on the ULX3S-85F at 50 MHz (``cnn_2conv_ecp5``). Each case goes
 through ``gen/build.py`` exactly as ``dfa-engine build`` does: estimate, fit check, build.
 A case that cannot fit is recorded with the one-line reason and no synthesis is run.
 Builds run one after another (each tool in the foreground). Prints a table and, with
@@ -22,7 +23,7 @@ import sys
 import time
 from pathlib import Path
 
-from dfa_engine.config import config_from_dict, load_config
+from dfa_engine.config import config_from_dict, load_engine_config
 from dfa_engine.gen.build import FitError, build, check_fit, estimate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -31,6 +32,8 @@ CASES = {
     "mnist_ecp5": ("examples/mnist_ecp5.toml", "ulx3s-85f", 100.0),
     "small_ice40": ({"network": {"layers": [16, 8, 4]}, "hardware": {"lanes": 1}}, "icebreaker", 24.0),
     "small_ecp5": ({"network": {"layers": [16, 8, 4]}, "hardware": {"lanes": 2}}, "ulx3s-85f", 100.0),
+    # the CNN engine (hdl/cnn_engine.py, one MAC a cycle) of the 2-conv hybrid
+    "cnn_2conv_ecp5": ("examples/cnn_2conv_hybrid.toml", "ulx3s-85f", 50.0),
 }
 #: what the JSON keeps of a report (the rest is in the build folder's report.json)
 KEEP = ("board", "device", "network", "lanes", "status", "failed_step", "error", "dsp_inference",
@@ -40,14 +43,15 @@ KEEP = ("board", "device", "network", "lanes", "status", "failed_step", "error",
 
 
 def _config(source):
-    return config_from_dict(source) if isinstance(source, dict) else load_config(ROOT / source)
+    return config_from_dict(source) if isinstance(source, dict) else load_engine_config(ROOT / source)
 
 
 def run_case(name, out_root, timeout, force=False, seed=None):
     source, board, freq = CASES[name]
     cfg = _config(source)
     entry = {"config": source if isinstance(source, str) else cfg.to_dict(), "board": board,
-             "network": list(cfg.layers), "lanes": cfg.lanes, "requested_mhz": freq}
+             "network": cfg.network_name if hasattr(cfg, "input_shape") else list(cfg.layers), "lanes": cfg.lanes,
+             "requested_mhz": freq}
     t0 = time.perf_counter()
     est = estimate(cfg, board, freq)
     entry["estimate"] = {k: v["estimate"] for k, v in est["resources"].items()}
@@ -81,7 +85,7 @@ def table(results):
         fmax = f"{r['fmax_mhz']:.1f}/{r['target_mhz']:.0f}" if r.get("fmax_mhz") else "-"
         sps = f"{r['samples_per_second']:,.0f}" if r.get("samples_per_second") else "-"
         ratio = f"{r['mac_ratio_to_peak']:.1%}" if r.get("mac_ratio_to_peak") else "-"
-        lines.append(f"{name:<12} {r['board']:<11} {'-'.join(map(str, r['network'])):<11} {r['lanes']:>3} "
+        lines.append(f"{name:<12} {r['board']:<11} {r['network'] if isinstance(r['network'], str) else '-'.join(map(str, r['network'])):<11} {r['lanes']:>3} "
                      f"{r['status']:<13} {cell('LUT'):>13} {cell('FF'):>13} {cell('DSP'):>7} {cell('BRAM'):>7} "
                      f"{fmax:>16} {sps:>9} {ratio:>8} {r['times_s']['total']:>5.0f}s")
         if r.get("error"):

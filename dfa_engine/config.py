@@ -429,15 +429,20 @@ def load_config(path=None) -> EngineConfig:
 
 
 def load_engine_config(path=None):
-    """Load the configuration of either generated engine: a ``[network]`` with an ``input``
-    shape is a CNN (:class:`~dfa_engine.cnn_config.CNNEngineConfig`, ``docs/cnn.md``), any
-    other an MLP (:class:`EngineConfig`); ``None`` is the built-in default MLP."""
+    """Load the configuration of any generated engine: a ``[network]`` with an ``input``
+    shape is a CNN (:class:`~dfa_engine.cnn_config.CNNEngineConfig`, ``docs/cnn.md``), one
+    with ``hidden`` an RNN (:class:`~dfa_engine.rnn_config.RNNEngineConfig`, ``docs/rnn.md``),
+    any other an MLP (:class:`EngineConfig`); ``None`` is the built-in default MLP."""
     data = _read_toml(path)
     net = data.get("network")
     if isinstance(net, dict) and "input" in net:
         from .cnn_config import cnn_config_from_dict
 
         return cnn_config_from_dict(data)
+    if isinstance(net, dict) and "hidden" in net:
+        from .rnn_config import rnn_config_from_dict
+
+        return rnn_config_from_dict(data)
     return config_from_dict(data)
 
 

@@ -1,4 +1,4 @@
-"""One interface over the two generated engines (MLP and CNN), for the code that serves both:
+"""One interface over the generated engines (MLP, CNN and RNN), for the code that serves both:
 the simulators' harnesses, the golden-model feed and the scoreboards.
 
 Both engines have the same four streams; they differ in their host map, their counters and
@@ -46,17 +46,35 @@ def _cnn():
                         initial_cnn_parameters, lambda cfg: math.prod(cfg.input_shape))
 
 
-def engine_family(cfg) -> EngineFamily:
-    """The family of ``cfg``: a :class:`~dfa_engine.cnn_config.CNNEngineConfig` is a CNN."""
-    from dfa_engine.cnn_config import CNNEngineConfig
+def _rnn():
+    from dfa_engine.sim.golden_rnn import initial_rnn_parameters
 
-    return _cnn() if isinstance(cfg, CNNEngineConfig) else _mlp()
+    from .rnn_engine import (RNN_COUNTERS, RNNEngine, rnn_engine_signature, rnn_host_address, rnn_host_parameters,
+                             rnn_matrix_shapes)
+
+    return EngineFamily("rnn", RNNEngine, rnn_engine_signature, rnn_host_address, RNN_COUNTERS,
+                        rnn_matrix_shapes, lambda cfg: rnn_host_parameters(initial_rnn_parameters(cfg)),
+                        lambda cfg: cfg.steps * cfg.inputs)
+
+
+def engine_family(cfg) -> EngineFamily:
+    """The family of ``cfg``: a :class:`~dfa_engine.cnn_config.CNNEngineConfig` is a CNN, a
+    :class:`~dfa_engine.rnn_config.RNNEngineConfig` an RNN, anything else an MLP."""
+    from dfa_engine.cnn_config import CNNEngineConfig
+    from dfa_engine.rnn_config import RNNEngineConfig
+
+    if isinstance(cfg, CNNEngineConfig):
+        return _cnn()
+    if isinstance(cfg, RNNEngineConfig):
+        return _rnn()
+    return _mlp()
 
 
 def check_engine_config_type(cfg):
     """Raise ``TypeError`` unless ``cfg`` is a configuration of a generated engine."""
     from dfa_engine.cnn_config import CNNEngineConfig
     from dfa_engine.config import EngineConfig
+    from dfa_engine.rnn_config import RNNEngineConfig
 
-    if not isinstance(cfg, (EngineConfig, CNNEngineConfig)):
-        raise TypeError(f"Configuration must be an EngineConfig or a CNNEngineConfig, not {cfg!r}")
+    if not isinstance(cfg, (EngineConfig, CNNEngineConfig, RNNEngineConfig)):
+        raise TypeError(f"Configuration must be an EngineConfig, a CNNEngineConfig or an RNNEngineConfig, not {cfg!r}")

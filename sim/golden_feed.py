@@ -51,11 +51,16 @@ def record_fields(n_classes: int) -> int:
 def golden_model(cfg):
     """The golden model of ``cfg``'s engine family (MLP or CNN)."""
     from dfa_engine.cnn_config import CNNEngineConfig
+    from dfa_engine.rnn_config import RNNEngineConfig
 
     if isinstance(cfg, CNNEngineConfig):
         from .golden_cnn import GoldenCNN
 
         return GoldenCNN(cfg)
+    if isinstance(cfg, RNNEngineConfig):
+        from .golden_rnn import GoldenRNN
+
+        return GoldenRNN(cfg)
     return GoldenModel(cfg)
 
 
@@ -86,7 +91,12 @@ def _run_model(cfg, X, Y, train, run_dir: Path, stop: threading.Event):
                     return
                 fh.write(np.asarray(_expected(golden, X[s], int(Y[s]), bool(train[s]), C), dtype="<i8").tobytes())
         params = {}
-        for l, (W, b) in enumerate(golden.parameters()):
+        final = golden.parameters()
+        if isinstance(final, dict):           # the RNN's {Wx, Wh, b1, W2, b2}, as its host map lays them out
+            from dfa_engine.hdl.rnn_engine import rnn_host_parameters
+
+            final = rnn_host_parameters(final)
+        for l, (W, b) in enumerate(final):
             params[f"W{l + 1}"], params[f"b{l + 1}"] = W.reshape(W.shape[0], -1), b   # as the host map reads W
         np.savez(run_dir / PARAMS, **params)
         (run_dir / STATS).write_text(json.dumps({"saturation_events": int(sum(golden.stats.values()))}))

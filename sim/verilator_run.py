@@ -85,8 +85,9 @@ def _config_key(cfg: EngineConfig, max_samples: int) -> str:
         sources += sorted(Path(package.__file__).parent.glob("*.py"))
     core = Path(dfa_engine.__file__).parent
     sources += [core / name for name in ("feedback.py", "lfsr.py", "tables.py", "fixed.py", "config.py",
-                                         "cnn_config.py")]
-    sources.append(Path(__file__).with_name("golden_cnn.py"))   # the CNN engine's initial weights and table
+                                         "cnn_config.py", "rnn_config.py")]
+    # the CNN and RNN engines' initial weights and feedback tables
+    sources += [Path(__file__).with_name(name) for name in ("golden_cnn.py", "golden_rnn.py")]
     for path in sources:
         h.update(path.read_bytes())
     return h.hexdigest()[:16]

@@ -48,7 +48,7 @@ def test_init():
 
 
 def test_init_wrong_cfg():
-    with pytest.raises(TypeError, match=r"^Configuration must be an EngineConfig or a CNNEngineConfig, not 'x'$"):
+    with pytest.raises(TypeError, match=r"^Configuration must be an EngineConfig, a CNNEngineConfig or an RNNEngineConfig, not 'x'$"):
         HostLink("x")
 
 
@@ -417,5 +417,5 @@ def test_link_top_converts_with_four_pins():
     verilog_text = link_top_verilog(CFG, divisor=4)
     ports = re.search(r"module dfa_link_top\(([^)]*)\)", verilog_text).group(1)
     assert sorted(p.strip() for p in ports.split(",")) == ["clk", "rst", "rx", "tx"]
-    with pytest.raises(TypeError, match=r"^Configuration must be an EngineConfig or a CNNEngineConfig, not 3$"):
+    with pytest.raises(TypeError, match=r"^Configuration must be an EngineConfig, a CNNEngineConfig or an RNNEngineConfig, not 3$"):
         LinkTop(3, divisor=4)

@@ -1,0 +1,348 @@
+"""The RNN training engine: ``docs/numerics.md`` section 13 as loop-nest passes.
+
+One Elman recurrent layer trained by DFA through time and a dense readout of its last state
+(:class:`dfa_engine.sim.golden_rnn.GoldenRNN`), on the loop-nest datapath of
+:mod:`dfa_engine.hdl.loopnest` (one multiply-accumulate a cycle). A sequence runs:
+
+``LOAD``   the sample stream fills the input buffer (``T * I`` values, step by step);
+``REC``    for every step ``t`` and neuron ``i``: ``z = sum_j W1[i, j] [x_t; h_{t-1}][j]``
+           (``W1 = [W_x | W_h]``, one row of ``I + H`` weights; the ``x`` terms shifted by
+           ``s_x``, the ``h`` terms by ``s_h``; ``h_0 = 0``), ``+ b_1 << s_b``, requantize,
+           activation and mask: ``h_t`` and ``m_t`` stored for every step;
+``OUT``    the readout of ``h_T`` into the output-error unit (the MLP's);
+``ERR``    ``e`` and the prediction;
+``DOUT``   ``delta_2``; ``PROJ`` ``g = requantize(B e)`` (``B`` in a ROM, ``H x C``);
+``UPD2``, ``UPDB2``  the readout's update;
+``UPD1``   every ``W1[i, j]``: the exact sum over the window's steps of
+           ``(m_t[i] ? g[i] : 0) * [x_t; h_{t-1}][j]``, then one rounding (``W_x``'s and
+           ``W_h``'s own fraction bits) and the saturating subtraction; ``UPDB1`` the bias;
+``RESULT`` one transfer on the result stream.
+
+No pass reads a transposed weight or runs backwards through time. The host map is the CNN
+engine's ``{kind, layer, index}``: layer 0 is ``W1 = [W_x | W_h]`` (row-major, ``H x (I + H)``)
+with ``b_1``; layer 1 is ``W_2`` with ``b_2``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from amaranth.hdl import Const, Mux, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from dfa_engine.config import ConfigError
+from dfa_engine.rnn_config import RNNEngineConfig
+
+from .arith import hardtanh, times_const
+from .engine import LABEL_BITS
+from .loopnest import LOOP_COUNTERS, LoopNestEngine, PassPlan, bits_for, schedule_cycles
+
+__all__ = ["RNNEngine", "rnn_engine_signature", "rnn_address_layout", "rnn_host_address", "RNN_COUNTERS",
+           "rnn_cycles", "rnn_schedule", "rnn_host_parameters", "rnn_matrix_shapes"]
+
+RNN_COUNTERS = LOOP_COUNTERS
+
+
+def rnn_matrix_shapes(cfg: RNNEngineConfig) -> list:
+    """``(rows, columns)`` of each host-map layer's weights: ``W1 = [W_x | W_h]``, ``W_2``."""
+    return [(cfg.hidden, cfg.inputs + cfg.hidden), (cfg.classes, cfg.hidden)]
+
+
+def rnn_host_parameters(params: dict) -> list:
+    """``[(W1, b_1), (W_2, b_2)]`` of a parameter dict ``{Wx, Wh, b1, W2, b2}`` (as the host
+    map lays them out)."""
+    return [(np.concatenate([params["Wx"], params["Wh"]], axis=1), params["b1"]), (params["W2"], params["b2"])]
+
+
+def rnn_address_layout(cfg: RNNEngineConfig) -> dict:
+    """Bit fields of a host address, low to high: index, layer, kind."""
+    biggest = max(r * c for r, c in rnn_matrix_shapes(cfg))
+    return {"index": bits_for(max(biggest, len(RNN_COUNTERS))), "layer": 1, "kind": 2}
+
+
+def rnn_host_address(cfg: RNNEngineConfig, kind: str, layer: int = 0, row: int = 0, column: int = 0,
+                     counter: str | None = None) -> int:
+    """Host address of ``W[layer][row, column]``, ``b[layer][row]`` or a counter."""
+    fields = rnn_address_layout(cfg)
+    if kind == "counter":
+        return (2 << (fields["index"] + fields["layer"])) | RNN_COUNTERS.index(counter)
+    code = {"weight": 0, "bias": 1}[kind]
+    index = row * rnn_matrix_shapes(cfg)[layer][1] + column if kind == "weight" else row
+    return (code << (fields["index"] + fields["layer"])) | (layer << fields["index"]) | index
+
+
+def rnn_engine_signature(cfg: RNNEngineConfig) -> wiring.Signature:
+    """The same four streams as the MLP engine."""
+    f, C = cfg.formats, cfg.n_classes
+    return wiring.Signature({
+        "sample": In(stream.Signature(data.StructLayout({
+            "data": f.input.amaranth_shape(), "label": LABEL_BITS, "train": 1}))),
+        "result": Out(stream.Signature(data.StructLayout({
+            "prediction": bits_for(C), "e": data.ArrayLayout(f.error.amaranth_shape(), C),
+            "trained": 1, "rejected": 1}))),
+        "host_req": In(stream.Signature(data.StructLayout({
+            "address": sum(rnn_address_layout(cfg).values()), "write": 1,
+            "data": signed(max(32, f.weight.width, f.bias.width))}))),
+        "host_resp": Out(stream.Signature(data.StructLayout({
+            "data": signed(max(32, f.weight.width, f.bias.width)), "error": 1}))),
+    })
+
+
+def _check(cfg: RNNEngineConfig):
+    for name, mode in (("forward", cfg.rounding_forward), ("backward", cfg.rounding_backward),
+                       ("update", cfg.rounding_update)):
+        if mode not in ("nearest", "trunc"):
+            raise ConfigError(f"rounding.{name}", mode, "is not implemented by the RNN engine (nearest or trunc)")
+
+
+def rnn_schedule(cfg: RNNEngineConfig) -> tuple:
+    """(forward passes, backward and update passes) of one sequence of ``cfg.steps`` steps."""
+    T, I, H, C = cfg.steps, cfg.inputs, cfg.hidden, cfg.classes
+    K = min(cfg.window, T)
+    fwd = [PassPlan("REC", 0, (T, H), (I + H,)), PassPlan("OUT", 1, (C,), (H,))]
+    bwd = [PassPlan("DOUT", 1, (C,), (1,)), PassPlan("PROJ", 0, (H,), (C,)),
+           PassPlan("UPD2", 1, (C, H), (1,)), PassPlan("UPDB2", 1, (C,), (1,)),
+           PassPlan("UPD1", 0, (H, I + H), (K,)), PassPlan("UPDB1", 0, (H,), (K,))]
+    return fwd, bwd
+
+
+def rnn_cycles(cfg: RNNEngineConfig) -> dict:
+    """Cycles per training and inference sequence by phase (the controller's schedule)."""
+    fwd, bwd = rnn_schedule(cfg)
+    return schedule_cycles(fwd, bwd, cfg.steps * cfg.inputs, cfg)
+
+
+class RNNEngine(LoopNestEngine):
+    """The generated RNN trainer for one :class:`RNNEngineConfig` (see the module's text)."""
+
+    COUNTERS = RNN_COUNTERS
+
+    def __init__(self, cfg: RNNEngineConfig, params=None, init_parameters: bool = True):
+        from dfa_engine.sim.golden_rnn import initial_rnn_parameters
+
+        _check(cfg)
+        self._cfg = cfg
+        self._params = rnn_host_parameters(initial_rnn_parameters(cfg) if params is None else params)
+        self._init_parameters = init_parameters
+        self._addr = rnn_address_layout(cfg)
+        super().__init__(rnn_engine_signature(cfg))
+
+    def programs(self):
+        return rnn_schedule(self._cfg)
+
+    def n_inputs(self):
+        return self._cfg.steps * self._cfg.inputs
+
+    def load_port(self):
+        return self.xmem
+
+    def parameter_ports(self):
+        (r1, c1), (r2, c2) = rnn_matrix_shapes(self._cfg)
+        return [(self.w1, self.b1, r1 * c1, r1), (self.w2, self.b2, r2 * c2, r2)]
+
+    def build_memories(self):
+        from dfa_engine.feedback import feedback_matrix
+
+        cfg, f = self._cfg, self._cfg.formats
+        T, I, H, C = cfg.steps, cfg.inputs, cfg.hidden, cfg.classes
+        mem = self.mem
+
+        def init(v):
+            return [int(x) for x in np.asarray(v).reshape(-1)] if self._init_parameters else None
+
+        (W1, b1), (W2, b2) = self._params
+        self.xmem = mem("x", f.input.amaranth_shape(), T * I)
+        self.hmem = mem("h", f.activation.amaranth_shape(), T * H)       # h_{t+1} at t*H
+        self.maskmem = mem("mask", unsigned(1), T * H)
+        self.w1 = mem("w1", f.weight.amaranth_shape(), H * (I + H), init(W1))
+        self.b1 = mem("b1", f.bias.amaranth_shape(), H, init(b1))
+        self.w2 = mem("w2", f.weight.amaranth_shape(), C * H, init(W2))
+        self.b2 = mem("b2", f.bias.amaranth_shape(), C, init(b2))
+        self.gmem = mem("g", f.delta.amaranth_shape(), H)
+        self.d2mem = mem("delta2", f.delta.amaranth_shape(), C)
+        B = feedback_matrix(cfg.feedback_engine_config(), 0)
+        self.brom = mem("B", f.feedback.amaranth_shape(), H * C, [int(v) for v in B.reshape(-1)])
+
+    def widths(self, plan):
+        cfg, f = self._cfg, self._cfg.formats
+        a_w = max(f.weight.width, f.delta.width, f.feedback.width) + 1
+        b_w = max(f.input.width, f.activation.width, f.delta.width, f.error.width, 2) + 1
+        acc_w = max(cfg.required_accumulator_bits(0), cfg.required_accumulator_bits(1),
+                    f.error.width + f.feedback.width + math.ceil(math.log2(cfg.classes + 1)),
+                    a_w + b_w + math.ceil(math.log2(min(cfg.window, cfg.steps) + 1))) + 2
+        return a_w, b_w, acc_w
+
+    def _lr(self, layer):
+        return self._cfg.lr(layer)
+
+    # ---- forward: the recurrent steps ---------------------------------------------------
+    def issue_REC(self, p):
+        cfg = self._cfg
+        I, H = cfg.inputs, cfg.hidden
+        t, i, j = self.c[:3]
+        is_x = j < I
+        self.m.d.comb += [
+            self.w1.r.addr.eq(times_const(i, I + H) + j),
+            self.b1.r.addr.eq(i),
+            self.xmem.r.addr.eq(times_const(t, I) + j),
+            # h_{t-1} (stored at (t-1)*H), for t >= 1; h_0 = 0 is a zero term
+            self.hmem.r.addr.eq(times_const(t, H) - H + j - I),
+            self.valid.eq(is_x | (t != 0)),
+        ]
+
+    def stage_REC(self, p):
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        zf = cfg.z_frac
+        sx, sh = zf - f.weight.frac_bits - f.input.frac_bits, zf - f.weight.frac_bits - f.activation.frac_bits
+        t, i, j = self.cd[:3]
+        is_x = j < cfg.inputs
+        m.d.comb += [self.mul_a.eq(self.w1.r.data),
+                     self.mul_b.eq(Mux(is_x, self.xmem.r.data, self.hmem.r.data)),
+                     self.term.eq(Mux(is_x, self.product << sx, self.product << sh)),
+                     self.init.eq(self.b1.r.data << (zf - f.bias.frac_bits))]
+        rq = self.rq(self.total, zf, f.activation, cfg.rounding_forward)
+        if cfg.activation == "relu":
+            h, mask = Mux(rq.o[-1], 0, rq.o), ~rq.o[-1] & rq.o.any()
+        else:
+            h, mask = hardtanh(rq.o, f.activation.frac_bits)
+        out = times_const(t, cfg.hidden) + i
+        m.d.comb += [self.hmem.w.addr.eq(out), self.hmem.w.data.eq(h), self.hmem.w.en.eq(self.finishing),
+                     self.maskmem.w.addr.eq(out), self.maskmem.w.data.eq(mask), self.maskmem.w.en.eq(self.finishing)]
+        with m.If(self.finishing):
+            self.sat(rq.saturated)
+
+    # ---- readout ------------------------------------------------------------------------------
+    def _h_last(self, j):
+        return times_const(Const(self._cfg.steps - 1), self._cfg.hidden) + j
+
+    def issue_OUT(self, p):
+        c, j = self.c[:2]
+        self.m.d.comb += [self.w2.r.addr.eq(times_const(c, self._cfg.hidden) + j), self.b2.r.addr.eq(c),
+                          self.hmem.r.addr.eq(self._h_last(j))]
+
+    def stage_OUT(self, p):
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        yf = cfg.y_frac
+        m.d.comb += [self.mul_a.eq(self.w2.r.data), self.mul_b.eq(self.hmem.r.data),
+                     self.init.eq(self.b2.r.data << (yf - f.bias.frac_bits))]
+        rq = self.rq(self.total, yf, f.activation, cfg.rounding_forward)
+        with m.If(self.finishing):
+            self.sat(rq.saturated)
+            m.d.comb += [self.oe.y_wr.en.eq(1), self.oe.y_wr.group.eq(self.cd[0]), self.oe.y_wr.value[0].eq(rq.o)]
+
+    # ---- deltas ---------------------------------------------------------------------------------
+    def issue_DOUT(self, p):
+        pass
+
+    def stage_DOUT(self, p):
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        rq = self.rq(self.oe.e[self.cd[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
+        m.d.comb += [self.d2mem.w.addr.eq(self.cd[0]), self.d2mem.w.data.eq(rq.o), self.d2mem.w.en.eq(1)]
+        self.sat(rq.saturated)
+
+    def issue_PROJ(self, p):
+        i, c = self.c[:2]
+        self.m.d.comb += self.brom.r.addr.eq(times_const(i, self._cfg.classes) + c)
+
+    def stage_PROJ(self, p):
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        m.d.comb += [self.mul_a.eq(self.brom.r.data), self.mul_b.eq(self.oe.e[self.cd[1]]), self.init.eq(0)]
+        rq = self.rq(self.total, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward)
+        m.d.comb += [self.gmem.w.addr.eq(self.cd[0]), self.gmem.w.data.eq(rq.o), self.gmem.w.en.eq(self.finishing)]
+        with m.If(self.finishing):
+            self.sat(rq.saturated)
+
+    # ---- updates --------------------------------------------------------------------------------
+    def _update(self, in_frac, port, addr, fmt, target, layer):
+        """``port[addr] = sat_fmt(port[addr] - sat_target(round(lr * total)))`` on the finishing
+        term (``target``: the update format for weights, the bias format for biases); returns
+        the two requantizers (for the saturation count)."""
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        lr, lr_frac = self._lr(layer)
+        scaled = times_const(self.total, lr) if lr != 1 else self.total
+        width = self.acc_w + max(lr, 1).bit_length() + 1
+        rq = self.rq(scaled, f.delta.frac_bits + lr_frac + in_frac, target, cfg.rounding_update, width=width)
+        new = self.rq(port.r.data - rq.o, fmt.frac_bits, fmt, "trunc", width=max(fmt.width, target.width) + 2)
+        m.d.comb += [port.w.addr.eq(addr), port.w.data.eq(new.o), port.w.en.eq(self.finishing)]
+        return rq, new
+
+    def issue_UPD2(self, p):
+        c, j = self.c[:2]
+        self.m.d.comb += [self.d2mem.r.addr.eq(c), self.hmem.r.addr.eq(self._h_last(j)),
+                          self.w2.r.addr.eq(times_const(c, self._cfg.hidden) + j)]
+
+    def stage_UPD2(self, p):
+        f = self._cfg.formats
+        self.m.d.comb += [self.mul_a.eq(self.d2mem.r.data), self.mul_b.eq(self.hmem.r.data), self.init.eq(0)]
+        c, j = self.cd[:2]
+        rq, new = self._update(f.activation.frac_bits, self.w2, times_const(c, self._cfg.hidden) + j, f.weight,
+                               f.update, 1)
+        with self.m.If(self.finishing):
+            self.sat(rq.saturated, new.saturated)
+
+    def issue_UPDB2(self, p):
+        self.m.d.comb += [self.d2mem.r.addr.eq(self.c[0]), self.b2.r.addr.eq(self.c[0])]
+
+    def stage_UPDB2(self, p):
+        f = self._cfg.formats
+        self.m.d.comb += [self.mul_a.eq(self.d2mem.r.data), self.mul_b.eq(1), self.init.eq(0)]
+        rq, new = self._update(0, self.b2, self.cd[0], f.bias, f.bias, 1)
+        with self.m.If(self.finishing):
+            self.sat(rq.saturated, new.saturated)
+
+    def _window_step(self, k):
+        """The 0-based step of window term ``k``: ``T - K + k``."""
+        cfg = self._cfg
+        return k + (cfg.steps - min(cfg.window, cfg.steps))
+
+    def issue_UPD1(self, p):
+        cfg = self._cfg
+        I, H = cfg.inputs, cfg.hidden
+        i, j, k = self.c[:3]
+        t = self._window_step(k)
+        self.m.d.comb += [
+            self.gmem.r.addr.eq(i),
+            self.maskmem.r.addr.eq(times_const(t, H) + i),
+            self.xmem.r.addr.eq(times_const(t, I) + j),
+            self.hmem.r.addr.eq(times_const(t, H) - H + j - I),
+            self.w1.r.addr.eq(times_const(i, I + H) + j),
+            self.valid.eq((j < I) | (t != 0)),
+        ]
+
+    def stage_UPD1(self, p):
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        I, H = cfg.inputs, cfg.hidden
+        i, j = self.cd[:2]
+        is_x = j < I
+        m.d.comb += [self.mul_a.eq(Mux(self.maskmem.r.data, self.gmem.r.data, 0)),
+                     self.mul_b.eq(Mux(is_x, self.xmem.r.data, self.hmem.r.data)), self.init.eq(0)]
+        lr, lr_frac = self._lr(0)
+        scaled = times_const(self.total, lr) if lr != 1 else self.total
+        width = self.acc_w + max(lr, 1).bit_length() + 1
+        base = f.delta.frac_bits + lr_frac
+        rq_x = self.rq(scaled, base + f.input.frac_bits, f.update, cfg.rounding_update, width=width)
+        rq_h = self.rq(scaled, base + f.activation.frac_bits, f.update, cfg.rounding_update, width=width)
+        dw = Mux(is_x, rq_x.o, rq_h.o)
+        new = self.rq(self.w1.r.data - dw, f.weight.frac_bits, f.weight, "trunc",
+                      width=max(f.weight.width, f.update.width) + 2)
+        m.d.comb += [self.w1.w.addr.eq(times_const(i, I + H) + j), self.w1.w.data.eq(new.o),
+                     self.w1.w.en.eq(self.finishing)]
+        with m.If(self.finishing):
+            self.sat(Mux(is_x, rq_x.saturated, rq_h.saturated), new.saturated)
+
+    def issue_UPDB1(self, p):
+        H = self._cfg.hidden
+        i, k = self.c[:2]
+        t = self._window_step(k)
+        self.m.d.comb += [self.gmem.r.addr.eq(i), self.maskmem.r.addr.eq(times_const(t, H) + i),
+                          self.b1.r.addr.eq(i)]
+
+    def stage_UPDB1(self, p):
+        f = self._cfg.formats
+        self.m.d.comb += [self.mul_a.eq(Mux(self.maskmem.r.data, self.gmem.r.data, 0)), self.mul_b.eq(1),
+                          self.init.eq(0)]
+        rq, new = self._update(0, self.b1, self.cd[0], f.bias, f.bias, 0)
+        with self.m.If(self.finishing):
+            self.sat(rq.saturated, new.saturated)
