@@ -104,9 +104,10 @@ def _cmd_generate(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     c = info["cycles_per_sample"]
-    if info.get("family") == "cnn":
-        print(f"wrote {args.output}/{info['top']}.v and {args.output}/engine.json: CNN {cfg.network_name} "
-              f"({','.join(cfg.methods) or '-'}), one MAC a cycle, {c['train_sample']:,} cycles per training sample")
+    if info.get("family") in ("cnn", "rnn"):
+        print(f"wrote {args.output}/{info['top']}.v and {args.output}/engine.json: {info['family'].upper()} "
+              f"{cfg.network_name} ({','.join(cfg.methods) or '-'}), one MAC a cycle, "
+              f"{c['train_sample']:,} cycles per training sample")
         return 0
     print(f"wrote {args.output}/{info['top']}.v and {args.output}/engine.json: {cfg.network_name}, "
           f"P = {cfg.lanes} lanes, about {c['train_sample']:,} cycles per training sample "
@@ -125,20 +126,30 @@ def _cmd_rtl(args) -> int:
     from .hdl.family import engine_family
 
     cfg = load_engine_config(args.config)
-    cnn = engine_family(cfg).name == "cnn"
+    family = engine_family(cfg).name
     ds = load_dataset(args.dataset)
     n_in = engine_family(cfg).n_inputs(cfg)
     if ds.n_features != n_in:
-        field, value = ("network.input", list(cfg.input_shape)) if cnn else ("network.layers[0]", cfg.layers[0])
-        raise ConfigError(field, value, f"must hold the {args.dataset} input size {ds.n_features}")
+        field, value = {"cnn": ("network.input", list(getattr(cfg, "input_shape", ()))),
+                        "rnn": ("network.steps", getattr(cfg, "steps", None)),
+                        "mlp": ("network.layers[0]", cfg.layers[0] if family == "mlp" else None)}[family]
+        raise ConfigError(field, value, f"must hold the {args.dataset} input size {ds.n_features} "
+                          f"(the engine reads {n_in} values a sample)")
     n_train = min(args.train_samples, len(ds.x_train))
     n_test = min(args.test_samples, len(ds.x_test))
     X = cfg.formats.input.from_float(np.concatenate([ds.x_train[:n_train], ds.x_test[:n_test]]))
-    if cnn:
+    if family == "cnn":
         X = X.reshape(len(X), *cfg.input_shape)
+    elif family == "rnn":
+        X = X.reshape(len(X), cfg.steps, cfg.inputs)       # row t of the image is step t
     Y = np.concatenate([ds.y_train[:n_train], ds.y_test[:n_test]])
     train = np.arange(n_train + n_test) < n_train
-    if cnn:
+    if family == "rnn":
+        fb = cfg.feedback
+        print(f"dfa-engine rtl: RNN {cfg.network_name} (DFA through time, window {cfg.window} steps, feedback "
+              f"{fb.kind} {fb.values}), one MAC a cycle; {args.dataset}: train on {n_train} sequences, "
+              f"then infer {n_test} test sequences")
+    elif family == "cnn":
         fb = cfg.feedback
         print(f"dfa-engine rtl: CNN {cfg.network_name} ({','.join(cfg.methods) or '-'}, sparse dilated feedback "
               f"d={fb.d} k={fb.k} groups={fb.groups} {fb.values}), one MAC a cycle; {args.dataset}: "
@@ -159,10 +170,10 @@ def _cmd_rtl(args) -> int:
     train_cycles = np.diff([0] + cycles[:n_train])[1:] if n_train > 1 else []
     test_pred = np.array([r["prediction"] for r in results[n_train:]])
     acc = float(np.mean(test_pred == Y[n_train:])) if n_test else float("nan")
-    if cnn:
-        from .hdl.cnn_engine import cnn_cycles
+    if family != "mlp":
+        from .gen.generate import loopnest_engine_info
 
-        est = cnn_cycles(cfg)
+        est = loopnest_engine_info(cfg)["cycles_per_sample"]
     else:
         est = estimate_cycles(cfg)
     bit_exact = summary["mismatch"] is None and summary.get("params_equal", False)
@@ -170,7 +181,7 @@ def _cmd_rtl(args) -> int:
         print(f"test accuracy (RTL, {n_test} samples after {n_train} training samples): {acc:.4f}")
     else:
         print(f"no test samples asked for (trained on {n_train})")
-    if len(train_cycles) and cnn:
+    if len(train_cycles) and family != "mlp":
         print(f"cycles per training sample: {np.mean(train_cycles):,.0f} "
               f"(the schedule: {est['train_sample']:,}, of which {est['terms_per_sample']:,} loop terms)")
     elif len(train_cycles):
@@ -210,10 +221,10 @@ def _cmd_check(args) -> int:
     if hasattr(cfg, "dfa_share"):
         d["derived"]["dfa_share"] = cfg.dfa_share()
     else:
-        from .hdl.cnn_engine import cnn_cycles
+        from .gen.generate import loopnest_engine_info
 
         d["derived"]["network"] = cfg.network_name
-        d["derived"]["engine_cycles_per_sample"] = cnn_cycles(cfg)
+        d["derived"]["engine_cycles_per_sample"] = loopnest_engine_info(cfg)["cycles_per_sample"]
     print(json.dumps(d, indent=2))
     return 0
 

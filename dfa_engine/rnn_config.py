@@ -132,6 +132,21 @@ class RNNEngineConfig:
                           softmax_table_frac_bits=self.softmax_table_frac_bits,
                           softmax_table_size=self.softmax_table_size)
 
+    @property
+    def network_name(self) -> str:
+        """``in{I}-rnn{H}x{T}-fc{C}``: inputs per step, the Elman layer over ``T`` steps, the readout."""
+        return f"in{self.inputs}-rnn{self.hidden}x{self.steps}-fc{self.classes}"
+
+    @property
+    def lanes(self) -> int:
+        """Multiply-accumulate lanes of the generated RNN engine (``hdl/rnn_engine.py``): one."""
+        return 1
+
+    @property
+    def methods(self) -> tuple:
+        """The recurrent layer's method (``dfa``), as the other configurations list theirs."""
+        return (self.method,)
+
     def with_(self, **changes) -> "RNNEngineConfig":
         cfg = replace(self, **changes)
         validate_rnn(cfg)

@@ -309,17 +309,27 @@ def _linear(coeffs, cfg):
     return c0 + cp * cfg.lanes + cc * cfg.n_classes
 
 
-def _is_cnn(cfg) -> bool:
-    from dfa_engine.cnn_config import CNNEngineConfig
+def _is_loopnest(cfg) -> bool:
+    """A CNN or RNN configuration (their engines are ``hdl/loopnest.py``'s)."""
+    from dfa_engine.hdl.family import engine_family
 
-    return isinstance(cfg, CNNEngineConfig)
+    return engine_family(cfg).name != "mlp"
+
+
+def _loopnest_schedule(cfg):
+    from dfa_engine.hdl.family import engine_family
+
+    eng = engine_family(cfg).engine(cfg, init_parameters=False)
+    eng._MustUse__silence = True          # only its schedule is read
+    return eng.programs()
 
 
 def _cycles(cfg) -> dict:
-    if _is_cnn(cfg):
-        from dfa_engine.hdl.cnn_engine import cnn_cycles
+    if _is_loopnest(cfg):
+        from dfa_engine.hdl.family import engine_family
+        from dfa_engine.hdl.loopnest import schedule_cycles
 
-        return cnn_cycles(cfg)
+        return schedule_cycles(*_loopnest_schedule(cfg), engine_family(cfg).n_inputs(cfg), cfg)
     return estimate_cycles(cfg)
 
 
@@ -327,13 +337,13 @@ def macs_per_sample(cfg: EngineConfig) -> int:
     """Multiply-accumulates of one training sample: forward and weight update
     (``n_{l-1} n_l`` each per layer), plus the backward products: ``W^T delta`` for BP
     layers, ``B e`` for DFA layers (``C`` terms per neuron dense, ``k`` sparse)."""
-    if _is_cnn(cfg):
-        # the CNN engine's sum-of-product passes (conv/dense forward, DFA projection, BP,
-        # weight and bias gradients), one multiply-accumulate a term (hdl/cnn_engine.py)
-        from dfa_engine.hdl.cnn_engine import schedule
+    if _is_loopnest(cfg):
+        # the CNN/RNN engine's sum-of-product passes, one multiply-accumulate a term
+        # (hdl/loopnest.py; pooling, routing and delta_L are not products)
+        from dfa_engine.hdl.loopnest import NON_MAC_PASSES
 
-        fwd, bwd = schedule(cfg)
-        return sum(p.cycles for p in fwd + bwd if p.kind in ("FWD", "DFA", "BP", "UPD", "UPDB"))
+        fwd, bwd = _loopnest_schedule(cfg)
+        return sum(p.cycles for p in list(fwd) + list(bwd) if p.kind not in NON_MAC_PASSES)
     n, L = cfg.layers, cfg.n_layers
     macs = 2 * sum(n[l] * n[l + 1] for l in range(L))
     for l in range(L - 1):
@@ -351,8 +361,8 @@ def method_rates(cfg: EngineConfig, mhz: float | None) -> dict:
     its backward datapath, whose area the resource figures do not include). Cycles from
     the controller's cycle model, which matches Verilator within a few cycles
     (``benchmarks/dfa_vs_bp.py``)."""
-    if _is_cnn(cfg):
-        return {}      # a CNN's methods are per layer in its configuration (docs/cnn.md)
+    if _is_loopnest(cfg):
+        return {}      # a CNN's methods are per layer in its configuration; an RNN's is DFA
     hidden = cfg.n_layers - 1
     kinds = {"dfa": ["dfa"] * hidden, "hybrid": ["dfa"] * (hidden - 1) + ["bp"], "bp": ["bp"] * hidden}
     out = {}
@@ -407,9 +417,9 @@ def estimate(cfg: EngineConfig, board: str, freq_mhz: float | None = None, inv: 
         "board": board, "device": dev.name, "family": dev.family, "target_mhz": freq,
         "resources": res,
         "memory_bits": inv["memory_bits"],
-        "memory_bits_generator": inv["memory_bits"] if _is_cnn(cfg) else memory_bits(cfg),
-        "logic_model": ("fitted on the MLP engine (CALIBRATION); for the CNN engine a rough guide"
-                        if _is_cnn(cfg) else "fitted on the MLP engine (CALIBRATION)"),
+        "memory_bits_generator": inv["memory_bits"] if _is_loopnest(cfg) else memory_bits(cfg),
+        "logic_model": ("fitted on the MLP engine (CALIBRATION); for the CNN and RNN engines a rough guide"
+                        if _is_loopnest(cfg) else "fitted on the MLP engine (CALIBRATION)"),
         "memory_map": mem["detail"],
         "memory_logic": {"ff_bits": mem["logic_bits"], "rom_bits": mem["rom_bits"],
                          "lutram_cells": mem["lutram_cells"], "bram_mux_luts": mux_luts},
@@ -645,12 +655,8 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     b = BOARDS[board]
     dev = DEVICES[b.device]
     freq = float(freq_mhz if freq_mhz is not None else b.default_mhz)
-    if _is_cnn(cfg):
-        from dfa_engine.hdl.cnn_engine import check_engine_config
-
-        check_engine_config(cfg)
-    else:
-        check_feasible(cfg)
+    if not _is_loopnest(cfg):
+        check_feasible(cfg)          # (a CNN or RNN engine checks its configuration when built)
     top = b.top(cfg, freq_mhz=freq, baud=baud, init_parameters=init_parameters)   # PLL/UART errors now
     est = estimate(cfg, board, top.freq_mhz)
     echo(format_estimate(est, cfg))
@@ -682,12 +688,12 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     t0 = time.perf_counter()
     plan = b.platform().build(top, name=TOP_NAME, do_build=False, emit_src=False, **overrides)
     plan.extract(out)
-    from dfa_engine.gen.generate import cnn_engine_info
+    from dfa_engine.gen.generate import loopnest_engine_info
     from dfa_engine.hdl.family import engine_family
 
     engine = engine_family(cfg).engine(cfg, init_parameters=False)
     engine._MustUse__silence = True       # only its signature is read
-    info = cnn_engine_info(cfg, engine) if _is_cnn(cfg) else engine_info(cfg, engine)
+    info = loopnest_engine_info(cfg, engine) if _is_loopnest(cfg) else engine_info(cfg, engine)
     (out / "engine.json").write_text(json.dumps(info, indent=2) + "\n")
     times = {"elaborate": time.perf_counter() - t0}
 
@@ -751,7 +757,7 @@ def build(cfg: EngineConfig, board: str, out_dir, *, freq_mhz: float | None = No
     bitstream = f"{TOP_NAME}.bin" if dev.family == "ice40" else f"{TOP_NAME}.bit"
     report = {
         "board": board, "device": dev.name, "family": dev.family,
-        "network": cfg.network_name if _is_cnn(cfg) else list(cfg.layers), "lanes": cfg.lanes, "methods": list(cfg.methods),
+        "network": cfg.network_name if _is_loopnest(cfg) else list(cfg.layers), "lanes": cfg.lanes, "methods": list(cfg.methods),
         "status": status, "failed_step": failed, "error": error, "dsp_inference": not no_dsp,
         "requested_mhz": freq, "target_mhz": target, "fmax_mhz": fmax, "timing_met": timing_met,
         "clocks": clocks,

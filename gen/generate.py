@@ -20,7 +20,7 @@ from dfa_engine.hdl.mac import MACArray
 from dfa_engine.hdl.update import UPDATE_LATENCY
 from dfa_engine.tables import EXP_FRAC_BITS, exp_table
 
-__all__ = ["generate", "generate_cnn", "cnn_engine_info", "engine_info", "estimate_cycles", "check_feasible", "memory_bits", "TOP_NAME"]
+__all__ = ["generate", "generate_loopnest", "loopnest_engine_info", "engine_info", "estimate_cycles", "check_feasible", "memory_bits", "TOP_NAME"]
 
 TOP_NAME = "dfa_engine_top"
 
@@ -164,10 +164,10 @@ def generate(cfg: EngineConfig, out_dir, init_parameters: bool = True) -> dict:
 
     ``init_parameters=False`` leaves the weight and bias memories without initial contents
     (the host loads them); simulation builds use it to keep Verilator's C++ small."""
-    from dfa_engine.cnn_config import CNNEngineConfig
+    from dfa_engine.hdl.family import engine_family
 
-    if isinstance(cfg, CNNEngineConfig):
-        return generate_cnn(cfg, out_dir, init_parameters)
+    if engine_family(cfg).name != "mlp":
+        return generate_loopnest(cfg, out_dir, init_parameters)
     check_feasible(cfg)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -179,45 +179,52 @@ def generate(cfg: EngineConfig, out_dir, init_parameters: bool = True) -> dict:
     return info
 
 
-def cnn_engine_info(cfg, top=None) -> dict:
-    """``engine.json`` of a CNN engine: ports, formats, host map, schedule and cycles."""
-    from dfa_engine.hdl.cnn_engine import CNN_COUNTERS, CNNEngine, cnn_address_layout, cnn_cycles, schedule
+def loopnest_engine_info(cfg, top=None) -> dict:
+    """``engine.json`` of a CNN or RNN engine (``hdl/loopnest.py``): ports, formats, host map,
+    schedule and cycles."""
+    from dfa_engine.hdl.family import engine_family
+    from dfa_engine.hdl.loopnest import schedule_cycles
 
-    top = top or CNNEngine(cfg, init_parameters=False)
+    fam = engine_family(cfg)
+    if top is None:
+        top = fam.engine(cfg, init_parameters=False)
+        top._MustUse__silence = True          # only its signature and schedule are read
     ports = {name: {"direction": "in" if member.flow.value == "In" else "out",
                     "payload_bits": member.signature.members["payload"].shape.size}
              for name, member in top.signature.members.items()}
-    fwd, bwd = schedule(cfg)
+    fwd, bwd = top.programs()
+    weights = {"cnn": "row-major (c_out, c_in/groups, ky, kx) (dense: (out, in))",
+               "rnn": "layer 0: W1 = [W_x | W_h], row-major H x (I + H); layer 1: W_2, row-major C x H"}[fam.name]
     return {
         "top": TOP_NAME,
-        "family": "cnn",
+        "family": fam.name,
+        "network": cfg.network_name if hasattr(cfg, "network_name") else None,
         "config": cfg.to_dict(),
-        "methods": list(cfg.methods),
         "lanes": 1,
         "ports": ports,
         "stream_signal_names": "<port>__valid, <port>__ready, <port>__payload (Amaranth joins member paths with __)",
         "memory_map": {
-            "address_fields_low_to_high": cnn_address_layout(cfg),
-            "kinds": {"0": "weight W[layer][index], index = row-major (c_out, c_in/groups, ky, kx) (dense: (out, in))",
-                      "1": "bias b[layer][index]", "2": "counter (index; read-only)"},
-            "counters": list(CNN_COUNTERS),
+            "address_fields_low_to_high": dict(top._addr),
+            "kinds": {"0": f"weight W[layer][index], index {weights}", "1": "bias b[layer][index]",
+                      "2": "counter (index; read-only)"},
+            "counters": list(fam.counters),
             "write_response": "data = the previous value; error = 1 if refused (outside the map, value outside the format, or a counter)",
         },
         "schedule": [{"pass": p.kind, "layer": p.layer, "outer": list(p.outer), "inner": list(p.inner),
-                      "cycles": p.cycles} for p in fwd + bwd],
-        "cycles_per_sample": cnn_cycles(cfg),
+                      "cycles": p.cycles} for p in list(fwd) + list(bwd)],
+        "cycles_per_sample": schedule_cycles(fwd, bwd, fam.n_inputs(cfg), cfg),
     }
 
 
-def generate_cnn(cfg, out_dir, init_parameters: bool = True) -> dict:
-    """The CNN engine's ``dfa_engine_top.v`` and ``engine.json`` (see :func:`generate`)."""
-    from dfa_engine.hdl.cnn_engine import CNNEngine
+def generate_loopnest(cfg, out_dir, init_parameters: bool = True) -> dict:
+    """A CNN or RNN engine's ``dfa_engine_top.v`` and ``engine.json`` (see :func:`generate`)."""
+    from dfa_engine.hdl.family import engine_family
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    top = CNNEngine(cfg, init_parameters=init_parameters)
+    top = engine_family(cfg).engine(cfg, init_parameters=init_parameters)
     text = verilog.convert(top, name=TOP_NAME, emit_src=False, strip_internal_attrs=True)
     (out / f"{TOP_NAME}.v").write_text(text)
-    info = cnn_engine_info(cfg, top)
+    info = loopnest_engine_info(cfg, top)
     (out / "engine.json").write_text(json.dumps(info, indent=2) + "\n")
     return info

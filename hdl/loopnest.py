@@ -32,12 +32,15 @@ from .arith import Requantize, times_const
 from .engine import LABEL_BITS
 from .output_error import OutputError
 
-__all__ = ["LoopNestEngine", "PassPlan", "LOOP_COUNTERS", "output_error_cycles", "lut", "flat"]
+__all__ = ["LoopNestEngine", "PassPlan", "LOOP_COUNTERS", "NON_MAC_PASSES", "output_error_cycles", "schedule_cycles",
+           "lut", "flat"]
 
 #: Read-only counters at ``kind = 2``, by index.
 LOOP_COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
                  "saturation_events", "samples_received")
 COUNTER_MAX = 2**32 - 1
+#: Pass kinds whose terms are not multiply-accumulates (pooling, routing, delta_L).
+NON_MAC_PASSES = ("POOL", "ROUTE", "DOUT")
 
 
 def bits_for(n):
