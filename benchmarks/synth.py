@@ -3,7 +3,8 @@
 Cases: ``mnist_up5k`` (``examples/mnist_up5k.toml`` on the iCEBreaker at 30 MHz),
 ``mnist_ecp5`` (``examples/mnist_ecp5.toml`` on the ULX3S-85F at 100 MHz), one small
 configuration per family (``small_ice40``, ``small_ecp5``: 16-8-4), and the CNN engine of
-``examples/cnn_2conv_hybrid.toml`` on the ULX3S-85F at 50 MHz (``cnn_2conv_ecp5``). Each case goes
+``examples/cnn_2conv_hybrid.toml`` on the ULX3S-85F at 50 MHz (``cnn_2conv_ecp5``), and the RNN
+engine of ``examples/rnn_rowwise_dfa.toml`` there at 50 MHz (``rnn_rowwise_ecp5``). Each case goes
 through ``gen/build.py`` exactly as ``dfa-engine build`` does: estimate, fit check, build.
 A case that cannot fit is recorded with the one-line reason and no synthesis is run.
 Builds run one after another (each tool in the foreground). Prints a table and, with
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from dfa_engine.config import config_from_dict, load_engine_config
 from dfa_engine.gen.build import FitError, build, check_fit, estimate
+from dfa_engine.hdl.family import engine_family
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {
@@ -34,6 +36,8 @@ CASES = {
     "small_ecp5": ({"network": {"layers": [16, 8, 4]}, "hardware": {"lanes": 2}}, "ulx3s-85f", 100.0),
     # the CNN engine (hdl/cnn_engine.py, one MAC a cycle) of the 2-conv hybrid
     "cnn_2conv_ecp5": ("examples/cnn_2conv_hybrid.toml", "ulx3s-85f", 50.0),
+    # the RNN engine (hdl/rnn_engine.py) of the row-by-row MNIST example
+    "rnn_rowwise_ecp5": ("examples/rnn_rowwise_dfa.toml", "ulx3s-85f", 50.0),
 }
 #: what the JSON keeps of a report (the rest is in the build folder's report.json)
 KEEP = ("board", "device", "network", "lanes", "status", "failed_step", "error", "dsp_inference",
@@ -50,7 +54,7 @@ def run_case(name, out_root, timeout, force=False, seed=None):
     source, board, freq = CASES[name]
     cfg = _config(source)
     entry = {"config": source if isinstance(source, str) else cfg.to_dict(), "board": board,
-             "network": cfg.network_name if hasattr(cfg, "input_shape") else list(cfg.layers), "lanes": cfg.lanes,
+             "network": list(cfg.layers) if engine_family(cfg).name == "mlp" else cfg.network_name, "lanes": cfg.lanes,
              "requested_mhz": freq}
     t0 = time.perf_counter()
     est = estimate(cfg, board, freq)

@@ -255,6 +255,12 @@ class CNNEngine(LoopNestEngine):
         self.xmem = [mem(f"x{l}", in_fmt[l].amaranth_shape(), math.prod(layers[l].in_shape)) for l in range(L)]
         self.dmem = [mem(f"delta{l}", delta_shape, math.prod(layers[l].h_shape)) for l in range(L)]
         self.hmem, self.maskmem, self.argmem, self.gmem, self.fbrom = {}, {}, {}, {}, {}
+        # max pooling: the running maximum and its position (registers), and their next values
+        self._pool_regs, self._pool_new = {}, {}
+        for l, Ly in enumerate(layers):
+            if Ly.pool is not None and Ly.pool[0] == "max":
+                self._pool_new[l] = (Signal(act_shape, name=f"pool_max_next{l}"),
+                                     Signal(_bits(Ly.pool[1] ** 2), name=f"pool_arg_next{l}"))
         self.wmem, self.bmem = [], []
         for l, Ly in enumerate(layers):
             W, b = self._params[l]
@@ -354,17 +360,20 @@ class CNNEngine(LoopNestEngine):
                      self.bmem[l].r.addr.eq(co)]
 
     def stage_FWD(self, p):
+        f, l = self._cfg.formats, p.layer
+        acc_frac = self._cfg.accumulator_frac(l)
+        self.m.d.comb += [self.mul_a.eq(self.wmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data),
+                          self.init.eq(self.bmem[l].r.data << (acc_frac - f.bias.frac_bits))]
+
+    def finish_FWD(self, p):
         m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
         Ly, L = self._layers[l], len(self._layers)
-        acc_frac = cfg.accumulator_frac(l)
-        m.d.comb += [self.mul_a.eq(self.wmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data),
-                     self.init.eq(self.bmem[l].r.data << (acc_frac - f.bias.frac_bits))]
-        rq = self.rq(self.total, acc_frac, f.activation, cfg.rounding_forward)
-        out = flat(self.cd[:3], Ly.h_shape) if Ly.kind == "conv" else self.cd[0]
+        rq = self.rq(self.total, cfg.accumulator_frac(l), f.activation, cfg.rounding_forward)
+        out = flat(self.cf[:3], Ly.h_shape) if Ly.kind == "conv" else self.cf[0]
         with m.If(self.finishing):
             self.sat(rq.saturated)
             if l == L - 1:
-                m.d.comb += [self.oe.y_wr.en.eq(1), self.oe.y_wr.group.eq(self.cd[0]),
+                m.d.comb += [self.oe.y_wr.en.eq(1), self.oe.y_wr.group.eq(self.cf[0]),
                              self.oe.y_wr.value[0].eq(rq.o)]
                 return
             if cfg.activation == "relu":
@@ -376,7 +385,6 @@ class CNNEngine(LoopNestEngine):
                          self.maskmem[l].w.addr.eq(out), self.maskmem[l].w.data.eq(mask),
                          self.maskmem[l].w.en.eq(1)]
 
-    # ---- pooling --------------------------------------------------------------------------
     def issue_POOL(self, p):
         Ly, c = self._layers[p.layer], self.c
         _, H, W = Ly.h_shape
@@ -386,39 +394,51 @@ class CNNEngine(LoopNestEngine):
         self.m.d.comb += self.hmem[p.layer].r.addr.eq(addr)
 
     def stage_POOL(self, p):
-        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        m, l = self.m, p.layer
         Ly, cd = self._layers[l], self.cd
         kind, P = Ly.pool
         val = self.hmem[l].r.data
-        out = flat(cd[:3], Ly.o_shape)
-        dest = self.xmem[l + 1]
-        m.d.comb += [dest.w.addr.eq(out), dest.w.en.eq(self.finishing)]
         if kind == "avg":
             m.d.comb += [self.mul_a.eq(val), self.mul_b.eq(1), self.init.eq(0)]
+            return
+        # the running maximum and its first position, at stage A (one window element a cycle)
+        pmax = self._pool_regs.setdefault(l, (Signal(val.shape(), name=f"pool_max{l}"),
+                                              Signal(_bits(P * P), name=f"pool_arg{l}")))
+        take = self.first_d | (val > pmax[0])
+        m.d.comb += [self._pool_new[l][0].eq(Mux(take, val, pmax[0])),
+                     self._pool_new[l][1].eq(Mux(take, times_const(cd[3], P) + cd[4], pmax[1]))]
+        m.d.sync += [pmax[0].eq(self._pool_new[l][0]), pmax[1].eq(self._pool_new[l][1])]
+
+    def finish_POOL(self, p):
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        Ly = self._layers[l]
+        kind, P = Ly.pool
+        dest = self.xmem[l + 1]
+        out = flat(self.cf[:3], Ly.o_shape)
+        m.d.comb += [dest.w.addr.eq(out), dest.w.en.eq(self.finishing)]
+        if kind == "avg":
             rq = self.rq(self.total, f.activation.frac_bits + 2 * (P.bit_length() - 1), f.activation,
-                          cfg.rounding_forward)
+                         cfg.rounding_forward)
             m.d.comb += dest.w.data.eq(rq.o)
             return
-        pmax = Signal(val.shape(), name=f"pool_max{l}")
-        parg = Signal(_bits(P * P), name=f"pool_arg{l}")
-        take = self.first_d | (val > pmax)
-        new_max, new_arg = Mux(take, val, pmax), Mux(take, times_const(cd[3], P) + cd[4], parg)
-        m.d.sync += [pmax.eq(new_max), parg.eq(new_arg)]
+        new_max, new_arg = self._pool_new[l]
         am = self.argmem[l]
-        m.d.comb += [dest.w.data.eq(new_max), am.w.addr.eq(out), am.w.data.eq(new_arg), am.w.en.eq(self.finishing)]
+        m.d.comb += [dest.w.data.eq(self.late(new_max)), am.w.addr.eq(out), am.w.data.eq(self.late(new_arg)),
+                     am.w.en.eq(self.finishing)]
 
-    # ---- output layer delta ---------------------------------------------------------------
     def issue_DOUT(self, p):
         pass
 
     def stage_DOUT(self, p):
+        pass
+
+    def finish_DOUT(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
-        rq = self.rq(self.oe.e[self.cd[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
+        rq = self.rq(self.oe.e[self.cf[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
         dm = self.dmem[p.layer]
-        m.d.comb += [dm.w.addr.eq(self.cd[0]), dm.w.data.eq(rq.o), dm.w.en.eq(1)]
+        m.d.comb += [dm.w.addr.eq(self.cf[0]), dm.w.data.eq(rq.o), dm.w.en.eq(1)]
         self.sat(rq.saturated)
 
-    # ---- sparse dilated DFA --------------------------------------------------------------
     def issue_DFA(self, p):
         m, Ly, c = self.m, self._layers[p.layer], self.c
         d, k = self.cfg.feedback.d, self.cfg.feedback.k
@@ -431,19 +451,22 @@ class CNNEngine(LoopNestEngine):
                      self.maskmem[p.layer].r.addr.eq(flat([ch, y, x], Ly.h_shape))]
 
     def stage_DFA(self, p):
-        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
-        Ly = self._layers[l]
+        f, l = self._cfg.formats, p.layer
         word = self.fbrom[l].r.data
         vw = f.feedback.width
-        m.d.comb += [self.mul_a.eq(word[:vw].as_signed()), self.mul_b.eq(self.oe.e[word[vw:]]), self.init.eq(0)]
+        self.m.d.comb += [self.mul_a.eq(word[:vw].as_signed()), self.mul_b.eq(self.oe.e[word[vw:]]),
+                          self.init.eq(0)]
+
+    def finish_DFA(self, p):
+        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        Ly = self._layers[l]
         rq = self.rq(self.total, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward)
         dm = self.dmem[l]
-        m.d.comb += [dm.w.addr.eq(flat(self.cd[:3], Ly.h_shape)),
-                     dm.w.data.eq(Mux(self.maskmem[l].r.data, rq.o, 0)), dm.w.en.eq(self.finishing)]
+        m.d.comb += [dm.w.addr.eq(flat(self.cf[:3], Ly.h_shape)),
+                     dm.w.data.eq(Mux(self.late(self.maskmem[l].r.data), rq.o, 0)), dm.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated)
 
-    # ---- BP through the layer above, at this layer's block output -------------------------
     def issue_BP(self, p):
         m, c = self.m, self.c
         Up = self._layers[p.layer + 1]
@@ -482,20 +505,21 @@ class CNNEngine(LoopNestEngine):
         return lut(o_tab, idx), lut(ok_tab, idx)
 
     def stage_BP(self, p):
+        l = p.layer
+        self.m.d.comb += [self.mul_a.eq(self.wmem[l + 1].r.data), self.mul_b.eq(self.dmem[l + 1].r.data),
+                          self.init.eq(0)]
+
+    def finish_BP(self, p):
         m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
-        Ly = self._layers[l]
+        Ly, Up = self._layers[l], self._layers[l + 1]
         avg_shift = 2 * (Ly.pool[1].bit_length() - 1) if Ly.pool is not None and Ly.pool[0] == "avg" else 0
-        m.d.comb += [self.mul_a.eq(self.wmem[l + 1].r.data), self.mul_b.eq(self.dmem[l + 1].r.data),
-                     self.init.eq(0)]
         rq = self.rq(self.total, f.weight.frac_bits + f.delta.frac_bits + avg_shift, f.delta, cfg.rounding_backward)
-        Up = self._layers[l + 1]
-        out = self.cd[0] if Up.kind == "dense" else flat(self.cd[:3], Up.in_shape)
+        out = self.cf[0] if Up.kind == "dense" else flat(self.cf[:3], Up.in_shape)
         gm = self.gmem[l]
         m.d.comb += [gm.w.addr.eq(out), gm.w.data.eq(rq.o), gm.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated)
 
-    # ---- BP routing through the pooling, and the mask -------------------------------------
     def issue_ROUTE(self, p):
         m, Ly, c = self.m, self._layers[p.layer], self.c
         ch, y, x = c[:3]
@@ -514,23 +538,24 @@ class CNNEngine(LoopNestEngine):
             m.d.comb += self.argmem[p.layer].r.addr.eq(addr)
 
     def stage_ROUTE(self, p):
+        pass
+
+    def finish_ROUTE(self, p):
         m, l = self.m, p.layer
-        Ly, cd = self._layers[l], self.cd
-        g = self.gmem[l].r.data
-        take = self.maskmem[l].r.data
+        Ly, cf = self._layers[l], self.cf
+        g = self.late(self.gmem[l].r.data)
+        take = self.late(self.maskmem[l].r.data)
         if Ly.pool is not None:
             P = Ly.pool[1]
             _, H, W = Ly.h_shape
             _, Ho, Wo = Ly.o_shape
-            inside = (cd[1] < Ho * P) & (cd[2] < Wo * P)
-            take = take & inside
+            take = take & (cf[1] < Ho * P) & (cf[2] < Wo * P)
             if Ly.pool[0] == "max":
-                pos = times_const(lut([v % P for v in range(H)], cd[1]), P) + lut([v % P for v in range(W)], cd[2])
-                take = take & (self.argmem[l].r.data == pos)
+                pos = times_const(lut([v % P for v in range(H)], cf[1]), P) + lut([v % P for v in range(W)], cf[2])
+                take = take & (self.late(self.argmem[l].r.data) == pos)
         dm = self.dmem[l]
-        m.d.comb += [dm.w.addr.eq(flat(cd[:3], Ly.h_shape)), dm.w.data.eq(Mux(take, g, 0)), dm.w.en.eq(1)]
+        m.d.comb += [dm.w.addr.eq(flat(cf[:3], Ly.h_shape)), dm.w.data.eq(Mux(take, g, 0)), dm.w.en.eq(1)]
 
-    # ---- weight and bias updates ------------------------------------------------------------
     def issue_UPD(self, p):
         m, Ly, c, l = self.m, self._layers[p.layer], self.c, p.layer
         if Ly.kind == "dense":
@@ -546,19 +571,23 @@ class CNNEngine(LoopNestEngine):
                      self.wmem[l].r.addr.eq(flat([co, ci, ky, kx], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))]
 
     def stage_UPD(self, p):
+        l = p.layer
+        self.m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data), self.init.eq(0)]
+
+    def finish_UPD(self, p):
         m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
         Ly = self._layers[l]
-        m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data), self.init.eq(0)]
         lr, lr_frac = self._lr(l)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
         rq = self.rq(scaled, f.delta.frac_bits + lr_frac + self.in_fmt[l].frac_bits, f.update, cfg.rounding_update,
-                      width=width)
+                     width=width)
         w = self.wmem[l]
-        sat = self.rq(w.r.data - rq.o, f.weight.frac_bits, f.weight, "trunc", width=max(f.weight.width, f.update.width) + 2)
+        sat = self.rq(self.late(w.r.data) - rq.o, f.weight.frac_bits, f.weight, "trunc",
+                      width=max(f.weight.width, f.update.width) + 2)
         K = Ly.kernel
-        out = (flat(self.cd[:2], Ly.h_shape[:1] + Ly.in_shape[:1]) if Ly.kind == "dense" else
-               flat(self.cd[:4], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))
+        out = (flat(self.cf[:2], Ly.h_shape[:1] + Ly.in_shape[:1]) if Ly.kind == "dense" else
+               flat(self.cf[:4], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))
         m.d.comb += [w.w.addr.eq(out), w.w.data.eq(sat.o), w.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated, sat.saturated)
@@ -571,14 +600,18 @@ class CNNEngine(LoopNestEngine):
         m.d.comb += [self.dmem[l].r.addr.eq(flat(c[:3], Ly.h_shape)), self.bmem[l].r.addr.eq(c[0])]
 
     def stage_UPDB(self, p):
+        l = p.layer
+        self.m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(1), self.init.eq(0)]
+
+    def finish_UPDB(self, p):
         m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
-        m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(1), self.init.eq(0)]
         lr, lr_frac = self._lr(l)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
         rq = self.rq(scaled, f.delta.frac_bits + lr_frac, f.bias, cfg.rounding_update, width=width)
         b = self.bmem[l]
-        sat = self.rq(b.r.data - rq.o, f.bias.frac_bits, f.bias, "trunc", width=f.bias.width + 2)
-        m.d.comb += [b.w.addr.eq(self.cd[0]), b.w.data.eq(sat.o), b.w.en.eq(self.finishing)]
+        sat = self.rq(self.late(b.r.data) - rq.o, f.bias.frac_bits, f.bias, "trunc", width=f.bias.width + 2)
+        m.d.comb += [b.w.addr.eq(self.cf[0]), b.w.data.eq(sat.o), b.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated, sat.saturated)
+

@@ -4,17 +4,27 @@ The CNN and RNN engines (``hdl/cnn_engine.py``, ``hdl/rnn_engine.py``) are built
 step of their golden models is a sum of products over an index space followed by one
 rounding (or a loop with a max or a select in place of the sum), so a step is a *pass*:
 nested counters (outer loops = one output element, inner loops = its terms) issue block-RAM
-reads; the next cycle (*stage*) multiplies and accumulates exactly (the accumulator is as
-wide as the largest sum needs, so the order of the terms does not matter, as in the golden
-models); on the last term the pass's own finishing logic rounds, saturates, applies the
-activation or the update and writes the result. One term a cycle.
+reads, and a four-stage pipeline follows, one term a cycle:
+
+``A``  the read data are here: the pass selects the multiplier's operands (``stage_K``);
+``B``  the registered operands are multiplied;
+``C``  the registered product is accumulated exactly (the accumulator is as wide as the
+       largest sum needs, so the order of the terms does not matter, as in the golden
+       models); the sum is registered;
+``D``  on the last term of an output element the pass's finishing logic (``finish_K``)
+       rounds, saturates, applies the activation or the update and writes the result.
+
+Every pass drains the pipeline (``PIPELINE_DEPTH`` cycles) before the next one issues, so a
+pass reads only what the passes before it wrote.
 
 A subclass supplies the schedule (:meth:`LoopNestEngine.programs`: the forward passes, then
 the backward and update passes of a training sample), its memories
 (:meth:`build_memories`), the datapath widths, and for every pass kind ``K`` the methods
 ``issue_K(p)`` (drive the read addresses from the counters :attr:`c`, and :attr:`valid` for a
-term that is zero) and ``stage_K(p)`` (set :attr:`mul_a`, :attr:`mul_b`, :attr:`init`, or
-:attr:`term`; on :attr:`finishing` write the result and set :attr:`sat_events`). The base
+term that is zero), ``stage_K(p)`` (stage A: set :attr:`mul_a`, :attr:`mul_b`, :attr:`init`
+from the read data and the counters :attr:`cd`) and ``finish_K(p)`` (stage D: on
+:attr:`finishing`, from :attr:`total`, the counters :attr:`cf` and :meth:`late` copies of
+stage-A values, write the result and set :attr:`sat_events`). The base
 builds the rest: counters, the stage registers, the shared multiply-accumulate, the output-
 error unit, the controller (LOAD, the forward passes, ERR, the backward passes for a
 training sample, RESULT), the host port and the counters, with the MLP engine's ports.
@@ -25,20 +35,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, signed
+from amaranth.hdl import Array, Const, Module, Mux, Signal, Value, signed
 from amaranth.lib import memory, wiring
 
 from .arith import Requantize, times_const
 from .engine import LABEL_BITS
 from .output_error import OutputError
 
-__all__ = ["LoopNestEngine", "PassPlan", "LOOP_COUNTERS", "NON_MAC_PASSES", "output_error_cycles", "schedule_cycles",
+__all__ = ["LoopNestEngine", "PassPlan", "LOOP_COUNTERS", "NON_MAC_PASSES", "PIPELINE_DEPTH", "output_error_cycles", "schedule_cycles",
            "lut", "flat"]
 
 #: Read-only counters at ``kind = 2``, by index.
 LOOP_COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
                  "saturation_events", "samples_received")
 COUNTER_MAX = 2**32 - 1
+#: Cycles from a term's issue to its finishing stage (D), and each pass's drain.
+PIPELINE_DEPTH = 4
 #: Pass kinds whose terms are not multiply-accumulates (pooling, routing, delta_L).
 NON_MAC_PASSES = ("POOL", "ROUTE", "DOUT")
 
@@ -78,10 +90,10 @@ def output_error_cycles(cfg) -> int:
 
 def schedule_cycles(fwd, bwd, n_inputs: int, cfg) -> dict:
     """Cycles per training and inference sample by phase: each pass issues one term a cycle
-    and drains one cycle; the output-error unit as in the MLP."""
+    and drains the pipeline; the output-error unit as in the MLP."""
     load = n_inputs + 1
-    f = sum(p.cycles + 1 for p in fwd)
-    b = sum(p.cycles + 1 for p in bwd)
+    f = sum(p.cycles + PIPELINE_DEPTH for p in fwd)
+    b = sum(p.cycles + PIPELINE_DEPTH for p in bwd)
     err = output_error_cycles(cfg)
     return {"load": load, "forward": f, "output_error": err, "backward_and_update": b, "result": 1,
             "train_sample": load + f + err + b + 1, "infer_sample": load + f + err + 1,
@@ -186,10 +198,26 @@ class LoopNestEngine(wiring.Component):
         self._n += 1
         return Signal(shape, name=f"{prefix}_{self._n}")
 
+    def late(self, value):
+        """``value`` (a stage-A value) delayed to stage D: ``PIPELINE_DEPTH - 1`` registers,
+        free-running (the pipeline never stalls), one chain per signal."""
+        key = id(value)
+        if key in self._late:
+            return self._late[key][1]
+        v = Value.cast(value)
+        cur = v
+        for _ in range(PIPELINE_DEPTH - 1):
+            r = self.signal(v.shape(), "late")
+            self._late_m.d.sync += r.eq(cur)
+            cur = r
+        self._late[key] = (value, cur)      # (keeps value alive: its id stays unique)
+        return cur
+
     # ---- the engine ---------------------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
-        self.m, self._n = m, 0
+        self.m, self._n, self._late = m, 0, {}
+        m.submodules.late = self._late_m = Module()     # unconditional delay registers
         cfg = self._cfg
         C = cfg.n_classes
         fwd_plan, bwd_plan = self.programs()
@@ -202,10 +230,11 @@ class LoopNestEngine(wiring.Component):
         n_ctr = self.N_COUNTERS
         ctr_w = bits_for(max(max(p.dims) for p in plan) + 1)
         self.c = c = [Signal(ctr_w, name=f"c{k}") for k in range(n_ctr)]
-        self.cd = cd = [Signal(ctr_w, name=f"cd{k}") for k in range(n_ctr)]
+        self.cd = cd = [Signal(ctr_w, name=f"cd{k}") for k in range(n_ctr)]     # at stage A
         cur = Signal(range(len(plan) + 1))
         pass_d = Signal(range(len(plan) + 1))
         active_d, self.first_d, last_d, valid_d = Signal(), Signal(), Signal(), Signal()
+        self.cf = [self.late(cd[k]) for k in range(n_ctr)]                        # at stage D
         issuing = Signal()
         self.valid = valid = Signal()
 
@@ -221,20 +250,31 @@ class LoopNestEngine(wiring.Component):
             sig = ctr[name]
             m.d.sync += sig.eq(Mux(sig + amount > COUNTER_MAX, COUNTER_MAX, sig + amount))
 
-        # ---- the shared multiply-accumulate ----------------------------------------------
+        # ---- the shared multiply-accumulate: A operands, B product, C sum, D finish -------
         self.mul_a = Signal(signed(a_w))
         self.mul_b = Signal(signed(b_w))
-        self.product = Signal(signed(a_w + b_w))
-        self.term = Signal(signed(self.acc_w))
         self.init = Signal(signed(self.acc_w))
+        op_a, op_b = Signal(signed(a_w)), Signal(signed(b_w))                   # stage B
+        init_b, init_c = Signal(signed(self.acc_w)), Signal(signed(self.acc_w))
+        product = Signal(signed(a_w + b_w))                                      # stage C
         acc = Signal(signed(self.acc_w))
-        self.total = Signal(signed(self.acc_w))
-        m.d.comb += [self.product.eq(self.mul_a * self.mul_b), self.term.eq(self.product)]
-        with m.If(active_d):
-            m.d.sync += acc.eq(self.total)
+        total_c = Signal(signed(self.acc_w))
+        self.total = Signal(signed(self.acc_w))                                  # stage D
+        active_b, first_b, last_b, valid_b = Signal(), Signal(), Signal(), Signal()
+        active_c, first_c, last_c, valid_c = Signal(), Signal(), Signal(), Signal()
+        active_f, last_f = Signal(), Signal()
+        m.d.sync += [op_a.eq(self.mul_a), op_b.eq(self.mul_b), init_b.eq(self.init),
+                     active_b.eq(active_d), first_b.eq(self.first_d), last_b.eq(last_d), valid_b.eq(valid_d),
+                     product.eq(op_a * op_b), init_c.eq(init_b),
+                     active_c.eq(active_b), first_c.eq(first_b), last_c.eq(last_b), valid_c.eq(valid_b),
+                     self.total.eq(total_c), active_f.eq(active_c), last_f.eq(last_c)]
+        m.d.comb += total_c.eq(Mux(first_c, init_c, acc) + Mux(valid_c, product, 0))
+        with m.If(active_c):
+            m.d.sync += acc.eq(total_c)
+        pass_f = self.late(pass_d)
         self.sat_events = Signal(3)
         self.finishing = Signal()
-        m.d.comb += self.finishing.eq(active_d & last_d)
+        m.d.comb += self.finishing.eq(active_f & last_f)
         with m.If(self.finishing & do_train):
             bump("saturation_events", self.sat_events)
 
@@ -249,8 +289,11 @@ class LoopNestEngine(wiring.Component):
                 for pid, p in enumerate(plan):
                     with m.Case(pid):
                         getattr(self, f"stage_{p.kind}")(p)
-        # (after the stages, which may replace the term)
-        m.d.comb += self.total.eq(Mux(self.first_d, self.init, acc) + Mux(valid_d, self.term, 0))
+        with m.If(active_f):
+            with m.Switch(pass_f):
+                for pid, p in enumerate(plan):
+                    with m.Case(pid):
+                        getattr(self, f"finish_{p.kind}")(p)
 
         # counters of the running pass: step, and flags for the stage
         last_issue, first_term, last_term = Signal(), Signal(), Signal()
@@ -291,6 +334,7 @@ class LoopNestEngine(wiring.Component):
         ]
         first_bwd = len(fwd_plan)
         load = self.load_port()
+        drain = Signal(range(PIPELINE_DEPTH))
 
         with m.FSM():
             with m.State("IDLE"):
@@ -318,15 +362,19 @@ class LoopNestEngine(wiring.Component):
             with m.State("RUN"):
                 m.d.comb += issuing.eq(1)
                 with m.If(last_issue):
+                    m.d.sync += drain.eq(0)
                     m.next = "DRAIN"
             with m.State("DRAIN"):
-                with m.If(cur == first_bwd - 1):
-                    m.next = "ERR_START"
-                with m.Elif(cur == len(plan) - 1):
-                    m.next = "RESULT"
-                with m.Else():
-                    m.d.sync += cur.eq(cur + 1)
-                    m.next = "RUN"
+                # the last term's finishing stage writes in the last drain cycle
+                m.d.sync += drain.eq(drain + 1)
+                with m.If(drain == PIPELINE_DEPTH - 1):
+                    with m.If(cur == first_bwd - 1):
+                        m.next = "ERR_START"
+                    with m.Elif(cur == len(plan) - 1):
+                        m.next = "RESULT"
+                    with m.Else():
+                        m.d.sync += cur.eq(cur + 1)
+                        m.next = "RUN"
             with m.State("ERR_START"):
                 m.d.comb += oe.i.valid.eq(1)
                 with m.If(oe.i.ready):

@@ -37,7 +37,7 @@ from dfa_engine.rnn_config import RNNEngineConfig
 
 from .arith import hardtanh, times_const
 from .engine import LABEL_BITS
-from .loopnest import LOOP_COUNTERS, LoopNestEngine, PassPlan, bits_for, schedule_cycles
+from .loopnest import LOOP_COUNTERS, PIPELINE_DEPTH, LoopNestEngine, PassPlan, bits_for, schedule_cycles
 
 __all__ = ["RNNEngine", "rnn_engine_signature", "rnn_address_layout", "rnn_host_address", "RNN_COUNTERS",
            "rnn_cycles", "rnn_schedule", "rnn_host_parameters", "rnn_matrix_shapes"]
@@ -123,6 +123,13 @@ class RNNEngine(LoopNestEngine):
         from dfa_engine.sim.golden_rnn import initial_rnn_parameters
 
         _check(cfg)
+        if cfg.inputs + cfg.hidden < PIPELINE_DEPTH + 1:
+            # step t reads h_{t-1}[H-1] I + H cycles after step t-1 issued it, and the
+            # pipeline writes it PIPELINE_DEPTH cycles after its issue
+            raise ConfigError("network.hidden", cfg.hidden,
+                              f"is too small: inputs + hidden must be at least {PIPELINE_DEPTH + 1} for the "
+                              f"engine's pipeline (the recurrence reads a state {cfg.inputs + cfg.hidden} cycles "
+                              f"after it is issued)")
         self._cfg = cfg
         self._params = rnn_host_parameters(initial_rnn_parameters(cfg) if params is None else params)
         self._init_parameters = init_parameters
@@ -168,7 +175,8 @@ class RNNEngine(LoopNestEngine):
     def widths(self, plan):
         cfg, f = self._cfg, self._cfg.formats
         a_w = max(f.weight.width, f.delta.width, f.feedback.width) + 1
-        b_w = max(f.input.width, f.activation.width, f.delta.width, f.error.width, 2) + 1
+        sx, sh = self._shifts()
+        b_w = max(f.input.width + sx, f.activation.width + sh, f.delta.width, f.error.width, 2) + 1
         acc_w = max(cfg.required_accumulator_bits(0), cfg.required_accumulator_bits(1),
                     f.error.width + f.feedback.width + math.ceil(math.log2(cfg.classes + 1)),
                     a_w + b_w + math.ceil(math.log2(min(cfg.window, cfg.steps) + 1))) + 2
@@ -195,14 +203,23 @@ class RNNEngine(LoopNestEngine):
     def stage_REC(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
         zf = cfg.z_frac
-        sx, sh = zf - f.weight.frac_bits - f.input.frac_bits, zf - f.weight.frac_bits - f.activation.frac_bits
-        t, i, j = self.cd[:3]
-        is_x = j < cfg.inputs
+        sx, sh = self._shifts()
+        is_x = self.cd[2] < cfg.inputs
+        # the x and h terms aligned on the sum's fraction bits by shifting the operand (exact)
         m.d.comb += [self.mul_a.eq(self.w1.r.data),
-                     self.mul_b.eq(Mux(is_x, self.xmem.r.data, self.hmem.r.data)),
-                     self.term.eq(Mux(is_x, self.product << sx, self.product << sh)),
+                     self.mul_b.eq(Mux(is_x, self.xmem.r.data << sx, self.hmem.r.data << sh)),
                      self.init.eq(self.b1.r.data << (zf - f.bias.frac_bits))]
-        rq = self.rq(self.total, zf, f.activation, cfg.rounding_forward)
+
+    def _shifts(self):
+        """``(s_x, s_h)``: the alignment of the ``W_x x`` and ``W_h h`` terms (section 13.1)."""
+        cfg, f = self._cfg, self._cfg.formats
+        zf = cfg.z_frac
+        return zf - f.weight.frac_bits - f.input.frac_bits, zf - f.weight.frac_bits - f.activation.frac_bits
+
+    def finish_REC(self, p):
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        t, i = self.cf[:2]
+        rq = self.rq(self.total, cfg.z_frac, f.activation, cfg.rounding_forward)
         if cfg.activation == "relu":
             h, mask = Mux(rq.o[-1], 0, rq.o), ~rq.o[-1] & rq.o.any()
         else:
@@ -213,7 +230,6 @@ class RNNEngine(LoopNestEngine):
         with m.If(self.finishing):
             self.sat(rq.saturated)
 
-    # ---- readout ------------------------------------------------------------------------------
     def _h_last(self, j):
         return times_const(Const(self._cfg.steps - 1), self._cfg.hidden) + j
 
@@ -223,23 +239,27 @@ class RNNEngine(LoopNestEngine):
                           self.hmem.r.addr.eq(self._h_last(j))]
 
     def stage_OUT(self, p):
+        f = self._cfg.formats
+        self.m.d.comb += [self.mul_a.eq(self.w2.r.data), self.mul_b.eq(self.hmem.r.data),
+                          self.init.eq(self.b2.r.data << (self._cfg.y_frac - f.bias.frac_bits))]
+
+    def finish_OUT(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
-        yf = cfg.y_frac
-        m.d.comb += [self.mul_a.eq(self.w2.r.data), self.mul_b.eq(self.hmem.r.data),
-                     self.init.eq(self.b2.r.data << (yf - f.bias.frac_bits))]
-        rq = self.rq(self.total, yf, f.activation, cfg.rounding_forward)
+        rq = self.rq(self.total, cfg.y_frac, f.activation, cfg.rounding_forward)
         with m.If(self.finishing):
             self.sat(rq.saturated)
-            m.d.comb += [self.oe.y_wr.en.eq(1), self.oe.y_wr.group.eq(self.cd[0]), self.oe.y_wr.value[0].eq(rq.o)]
+            m.d.comb += [self.oe.y_wr.en.eq(1), self.oe.y_wr.group.eq(self.cf[0]), self.oe.y_wr.value[0].eq(rq.o)]
 
-    # ---- deltas ---------------------------------------------------------------------------------
     def issue_DOUT(self, p):
         pass
 
     def stage_DOUT(self, p):
+        pass
+
+    def finish_DOUT(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
-        rq = self.rq(self.oe.e[self.cd[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
-        m.d.comb += [self.d2mem.w.addr.eq(self.cd[0]), self.d2mem.w.data.eq(rq.o), self.d2mem.w.en.eq(1)]
+        rq = self.rq(self.oe.e[self.cf[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
+        m.d.comb += [self.d2mem.w.addr.eq(self.cf[0]), self.d2mem.w.data.eq(rq.o), self.d2mem.w.en.eq(1)]
         self.sat(rq.saturated)
 
     def issue_PROJ(self, p):
@@ -247,14 +267,15 @@ class RNNEngine(LoopNestEngine):
         self.m.d.comb += self.brom.r.addr.eq(times_const(i, self._cfg.classes) + c)
 
     def stage_PROJ(self, p):
+        self.m.d.comb += [self.mul_a.eq(self.brom.r.data), self.mul_b.eq(self.oe.e[self.cd[1]]), self.init.eq(0)]
+
+    def finish_PROJ(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
-        m.d.comb += [self.mul_a.eq(self.brom.r.data), self.mul_b.eq(self.oe.e[self.cd[1]]), self.init.eq(0)]
         rq = self.rq(self.total, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward)
-        m.d.comb += [self.gmem.w.addr.eq(self.cd[0]), self.gmem.w.data.eq(rq.o), self.gmem.w.en.eq(self.finishing)]
+        m.d.comb += [self.gmem.w.addr.eq(self.cf[0]), self.gmem.w.data.eq(rq.o), self.gmem.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated)
 
-    # ---- updates --------------------------------------------------------------------------------
     def _update(self, in_frac, port, addr, fmt, target, layer):
         """``port[addr] = sat_fmt(port[addr] - sat_target(round(lr * total)))`` on the finishing
         term (``target``: the update format for weights, the bias format for biases); returns
@@ -264,7 +285,7 @@ class RNNEngine(LoopNestEngine):
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
         rq = self.rq(scaled, f.delta.frac_bits + lr_frac + in_frac, target, cfg.rounding_update, width=width)
-        new = self.rq(port.r.data - rq.o, fmt.frac_bits, fmt, "trunc", width=max(fmt.width, target.width) + 2)
+        new = self.rq(self.late(port.r.data) - rq.o, fmt.frac_bits, fmt, "trunc", width=max(fmt.width, target.width) + 2)
         m.d.comb += [port.w.addr.eq(addr), port.w.data.eq(new.o), port.w.en.eq(self.finishing)]
         return rq, new
 
@@ -274,9 +295,11 @@ class RNNEngine(LoopNestEngine):
                           self.w2.r.addr.eq(times_const(c, self._cfg.hidden) + j)]
 
     def stage_UPD2(self, p):
-        f = self._cfg.formats
         self.m.d.comb += [self.mul_a.eq(self.d2mem.r.data), self.mul_b.eq(self.hmem.r.data), self.init.eq(0)]
-        c, j = self.cd[:2]
+
+    def finish_UPD2(self, p):
+        f = self._cfg.formats
+        c, j = self.cf[:2]
         rq, new = self._update(f.activation.frac_bits, self.w2, times_const(c, self._cfg.hidden) + j, f.weight,
                                f.update, 1)
         with self.m.If(self.finishing):
@@ -286,9 +309,11 @@ class RNNEngine(LoopNestEngine):
         self.m.d.comb += [self.d2mem.r.addr.eq(self.c[0]), self.b2.r.addr.eq(self.c[0])]
 
     def stage_UPDB2(self, p):
-        f = self._cfg.formats
         self.m.d.comb += [self.mul_a.eq(self.d2mem.r.data), self.mul_b.eq(1), self.init.eq(0)]
-        rq, new = self._update(0, self.b2, self.cd[0], f.bias, f.bias, 1)
+
+    def finish_UPDB2(self, p):
+        f = self._cfg.formats
+        rq, new = self._update(0, self.b2, self.cf[0], f.bias, f.bias, 1)
         with self.m.If(self.finishing):
             self.sat(rq.saturated, new.saturated)
 
@@ -312,12 +337,15 @@ class RNNEngine(LoopNestEngine):
         ]
 
     def stage_UPD1(self, p):
+        is_x = self.cd[1] < self._cfg.inputs
+        self.m.d.comb += [self.mul_a.eq(Mux(self.maskmem.r.data, self.gmem.r.data, 0)),
+                          self.mul_b.eq(Mux(is_x, self.xmem.r.data, self.hmem.r.data)), self.init.eq(0)]
+
+    def finish_UPD1(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
         I, H = cfg.inputs, cfg.hidden
-        i, j = self.cd[:2]
+        i, j = self.cf[:2]
         is_x = j < I
-        m.d.comb += [self.mul_a.eq(Mux(self.maskmem.r.data, self.gmem.r.data, 0)),
-                     self.mul_b.eq(Mux(is_x, self.xmem.r.data, self.hmem.r.data)), self.init.eq(0)]
         lr, lr_frac = self._lr(0)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
@@ -325,7 +353,7 @@ class RNNEngine(LoopNestEngine):
         rq_x = self.rq(scaled, base + f.input.frac_bits, f.update, cfg.rounding_update, width=width)
         rq_h = self.rq(scaled, base + f.activation.frac_bits, f.update, cfg.rounding_update, width=width)
         dw = Mux(is_x, rq_x.o, rq_h.o)
-        new = self.rq(self.w1.r.data - dw, f.weight.frac_bits, f.weight, "trunc",
+        new = self.rq(self.late(self.w1.r.data) - dw, f.weight.frac_bits, f.weight, "trunc",
                       width=max(f.weight.width, f.update.width) + 2)
         m.d.comb += [self.w1.w.addr.eq(times_const(i, I + H) + j), self.w1.w.data.eq(new.o),
                      self.w1.w.en.eq(self.finishing)]
@@ -340,9 +368,12 @@ class RNNEngine(LoopNestEngine):
                           self.b1.r.addr.eq(i)]
 
     def stage_UPDB1(self, p):
-        f = self._cfg.formats
         self.m.d.comb += [self.mul_a.eq(Mux(self.maskmem.r.data, self.gmem.r.data, 0)), self.mul_b.eq(1),
                           self.init.eq(0)]
-        rq, new = self._update(0, self.b1, self.cd[0], f.bias, f.bias, 0)
+
+    def finish_UPDB1(self, p):
+        f = self._cfg.formats
+        rq, new = self._update(0, self.b1, self.cf[0], f.bias, f.bias, 0)
         with self.m.If(self.finishing):
             self.sat(rq.saturated, new.saturated)
+
