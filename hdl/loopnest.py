@@ -275,8 +275,11 @@ class LoopNestEngine(wiring.Component):
         self.sat_events = Signal(3)
         self.finishing = Signal()
         m.d.comb += self.finishing.eq(active_f & last_f)
-        with m.If(self.finishing & do_train):
-            bump("saturation_events", self.sat_events)
+        # counted a cycle later (off the finishing stage's rounding and saturation path)
+        sat_late = Signal(3)
+        m.d.sync += sat_late.eq(Mux(self.finishing & do_train, self.sat_events, 0))
+        sat_err = Signal(bits_for(C + 2))        # the output-error unit's, in ERR_WAIT
+        bump("saturation_events", sat_late + sat_err)
 
         # issue side: addresses of the running pass; stage side: the pass of the term in flight
         with m.Switch(cur):
@@ -384,7 +387,7 @@ class LoopNestEngine(wiring.Component):
                 with m.If(oe.o.valid):
                     m.d.sync += prediction.eq(oe.o.payload.prediction)
                     with m.If(do_train):
-                        bump("saturation_events", oe.o.payload.saturated)
+                        m.d.comb += sat_err.eq(oe.o.payload.saturated)
                         m.d.sync += cur.eq(first_bwd)
                         m.next = "RUN"
                     with m.Else():
