@@ -61,3 +61,37 @@ def test_trace_diff_reports_first_difference(tmp_path):
     r = _run("trace-diff", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"))
     assert r.returncode == 1
     assert "sample 2, tensor e[4]" in r.stdout
+
+
+def test_check_and_generate_cnn_and_rnn_configurations(tmp_path):
+    """The CNN and RNN examples go through the same commands as an MLP configuration: check
+    prints the network and the engine's cycles, generate writes the Verilog and an
+    engine.json whose schedule adds up to the cycle count it reports."""
+    from dfa_engine.hdl.loopnest import PIPELINE_DEPTH
+
+    for example, family, network in (("cnn_2conv_hybrid", "cnn", "conv8-mp2-conv16-mp2-fc10"),
+                                     ("rnn_rowwise_dfa", "rnn", "in28-rnn128x28-fc10")):
+        r = _run("check", f"examples/{example}.toml")
+        assert r.returncode == 0, r.stderr
+        d = json.loads(r.stdout)
+        assert d["derived"]["network"] == network
+        out = tmp_path / family
+        r = _run("generate", f"examples/{example}.toml", "-o", str(out))
+        assert r.returncode == 0, r.stderr
+        info = json.loads((out / "engine.json").read_text())
+        assert info["family"] == family and info["network"] == network
+        c = info["cycles_per_sample"]
+        assert c == d["derived"]["engine_cycles_per_sample"]
+        passes = sum(p["cycles"] + PIPELINE_DEPTH for p in info["schedule"])
+        assert c["train_sample"] == c["load"] + c["output_error"] + c["result"] + passes
+        assert f"{c['train_sample']:,} cycles per training sample" in r.stdout
+        assert "module dfa_engine_top" in (out / "dfa_engine_top.v").read_text()
+
+
+def test_rtl_rejects_a_cnn_whose_input_is_not_the_data_sets(tmp_path):
+    cfg = tmp_path / "cnn.toml"
+    cfg.write_text(open("examples/cnn_2conv_hybrid.toml").read().replace("input = [1, 28, 28]", "input = [1, 8, 8]"))
+    r = _run("rtl", str(cfg), "--train-samples", "2", "--test-samples", "0")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("error: network.input: [1, 8, 8] must hold the mnist5k input size 784 "
+                                "(the engine reads 64 values a sample)")

@@ -49,3 +49,35 @@ def test_small_engine_builds_and_meets_timing(tmp_path, board, freq, bitstream, 
     for path in (tmp_path / "out").iterdir():
         if path.suffix in (".json", ".v", ".il", ".pcf", ".lpf", ".ys", ".sh"):
             assert str(tmp_path) not in path.read_text(errors="replace"), path.name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["cnn", "rnn"])
+def test_small_loopnest_engine_builds_for_ecp5(tmp_path, family):
+    """A small CNN and a small RNN engine (hdl/cnn_engine.py, hdl/rnn_engine.py) behind the
+    host link, through the whole ECP5 flow at 25 MHz, with their report."""
+    if family == "cnn":
+        from dfa_engine.cnn_config import cnn_config_from_dict
+
+        cfg = cnn_config_from_dict({"network": {"input": [1, 8, 8], "layers": [
+            {"type": "conv", "channels": 4, "kernel": 3, "padding": 1, "method": "dfa"}, {"type": "maxpool", "size": 2},
+            {"type": "conv", "channels": 4, "kernel": 3, "padding": 1, "groups": 2, "method": "bp"},
+            {"type": "flatten"}, {"type": "dense", "features": 10}]},
+            "training": {"lr_shift": [8, 4, 4]}, "feedback": {"groups": 2}})
+    else:
+        from dfa_engine.rnn_config import rnn_config_from_dict
+
+        cfg = rnn_config_from_dict({"network": {"inputs": 8, "hidden": 12, "classes": 10, "steps": 8, "window": 3},
+                                    "formats": {"feedback": "s0.7"}, "training": {"lr_shift": [8, 4]},
+                                    "feedback": {"kind": "dense", "values": "fixed"}})
+    rep = build(cfg, "ulx3s-12f", tmp_path / "out", freq_mhz=25.0, echo=lambda s: None)
+    assert rep["status"] == "ok", (rep["failed_step"], rep["error"])
+    assert rep["timing_met"] and rep["fmax_mhz"] >= 25.0
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert REQUIRED <= set(on_disk) and on_disk["network"] == cfg.network_name
+    engine = json.loads((tmp_path / "out" / "engine.json").read_text())
+    assert engine["family"] == family and on_disk["cycles_per_sample"] == engine["cycles_per_sample"]["train_sample"]
+    util = on_disk["utilization"]
+    # the shared multiplier is DSPs; the memories are block RAM (the smallest ones LUT RAM)
+    assert 1 <= util["DSP"]["used"] <= 4 and util["BRAM"]["used"] >= 1
+    assert (tmp_path / "out" / "dfa_top.bit").stat().st_size > 10_000
