@@ -11,7 +11,7 @@ A TOML file, parsed as data only, like the MLP's (:mod:`dfa_engine.config`) and 
     classes = 10         # C: outputs of the readout
     steps = 28           # T: time steps per sequence
     activation = "hardtanh"
-    method = "dfa"       # DFA through time: no backward pass through time
+    method = "dfa"       # DFA through time: no backward pass through time ("bptt": truncated BPTT)
     window = 4           # the last 4 steps receive the error; "all" = every step, "last" = 1
 
 Every invalid field raises :class:`~dfa_engine.config.ConfigError` with the field, the
@@ -31,8 +31,9 @@ from .config import (_read_formats, _read_learning_rate, _read_rounding_no_stoch
 
 __all__ = ["RNNEngineConfig", "rnn_config_from_dict", "load_rnn_config", "validate_rnn", "RNN_METHODS"]
 
-#: Training methods of the recurrent layer in fixed point: DFA through time only (no BPTT).
-RNN_METHODS = ("dfa",)
+#: Training methods of the recurrent layer in fixed point: DFA through time (no backward
+#: pass through time), and BPTT truncated to the window (the baseline, section 13.8).
+RNN_METHODS = ("dfa", "bptt")
 _SCHEMA = {
     "network": {"inputs", "hidden", "classes", "steps", "activation", "method", "window"},
     "formats": set(FORMAT_NAMES) | {"accumulator"},
@@ -247,6 +248,13 @@ def validate_rnn(cfg: RNNEngineConfig) -> None:
                               f"makes the weight-gradient sum over the window {upd} bits with formats.delta "
                               f"{f.delta} and formats.{name} (+{lr_bits} learning-rate bits); "
                               f"the limits are {_MAX_EXACT_BITS} and {_MAX_PRODUCT_BITS}")
+    if cfg.method == "bptt":
+        # the transposed sums of BPTT: W_2^T delta_2 (C terms) and W_h^T delta_{t+1} (H terms)
+        bp = f.weight.width + f.delta.width + math.ceil(math.log2(max(cfg.classes, cfg.hidden) + 1))
+        if bp > _MAX_EXACT_BITS:
+            raise ConfigError("formats.delta", str(f.delta),
+                              f"makes the BPTT sums {bp} bits with formats.weight {f.weight}; the limit is "
+                              f"{_MAX_EXACT_BITS}")
     fb_bits = f.error.width + f.feedback.width + math.ceil(math.log2(cfg.classes + 1))
     if fb_bits > _MAX_EXACT_BITS:
         raise ConfigError("formats.feedback", str(f.feedback),

@@ -102,7 +102,12 @@ def rnn_schedule(cfg: RNNEngineConfig) -> tuple:
     T, I, H, C = cfg.steps, cfg.inputs, cfg.hidden, cfg.classes
     K = min(cfg.window, T)
     fwd = [PassPlan("REC", 0, (T, H), (I + H,)), PassPlan("OUT", 1, (C,), (H,))]
-    bwd = [PassPlan("DOUT", 1, (C,), (1,)), PassPlan("PROJ", 0, (H,), (C,)),
+    if cfg.method == "bptt":
+        # section 13.8: W_2^T delta_2 into the last step, then K - 1 steps of W_h^T back in time
+        deltas = [PassPlan("BPTO", 0, (H,), (C,))] + ([PassPlan("BPTH", 0, (K - 1, H), (H,))] if K > 1 else [])
+    else:
+        deltas = [PassPlan("PROJ", 0, (H,), (C,))]
+    bwd = [PassPlan("DOUT", 1, (C,), (1,)), *deltas,
            PassPlan("UPD2", 1, (C, H), (1,)), PassPlan("UPDB2", 1, (C,), (1,)),
            PassPlan("UPD1", 0, (H, I + H), (K,)), PassPlan("UPDB1", 0, (H,), (K,))]
     return fwd, bwd
@@ -123,6 +128,11 @@ class RNNEngine(LoopNestEngine):
         from dfa_engine.sim.golden_rnn import initial_rnn_parameters
 
         _check(cfg)
+        if cfg.method == "bptt" and min(cfg.window, cfg.steps) > 1 and cfg.hidden < PIPELINE_DEPTH + 1:
+            # BPTT's step t reads delta_{t+1}[H-1] H cycles after it was issued
+            raise ConfigError("network.hidden", cfg.hidden,
+                              f"is too small for BPTT on this engine: at least {PIPELINE_DEPTH + 1} (the pipeline's "
+                              f"depth + 1)")
         if cfg.inputs + cfg.hidden < PIPELINE_DEPTH + 1:
             # step t reads h_{t-1}[H-1] I + H cycles after step t-1 issued it, and the
             # pipeline writes it PIPELINE_DEPTH cycles after its issue
@@ -131,6 +141,7 @@ class RNNEngine(LoopNestEngine):
                               f"engine's pipeline (the recurrence reads a state {cfg.inputs + cfg.hidden} cycles "
                               f"after it is issued)")
         self._cfg = cfg
+        self._K = min(cfg.window, cfg.steps)
         self._params = rnn_host_parameters(initial_rnn_parameters(cfg) if params is None else params)
         self._init_parameters = init_parameters
         self._addr = rnn_address_layout(cfg)
@@ -171,6 +182,9 @@ class RNNEngine(LoopNestEngine):
         self.d2mem = mem("delta2", f.delta.amaranth_shape(), C)
         B = feedback_matrix(cfg.feedback_engine_config(), 0)
         self.brom = mem("B", f.feedback.amaranth_shape(), H * C, [int(v) for v in B.reshape(-1)])
+        if cfg.method == "bptt":
+            # delta_t of the window's steps (slot k = step T - K + k), written top-down
+            self.d1mem = mem("delta1", f.delta.amaranth_shape(), self._K * H)
 
     def widths(self, plan):
         cfg, f = self._cfg, self._cfg.formats
@@ -276,6 +290,54 @@ class RNNEngine(LoopNestEngine):
         with m.If(self.finishing):
             self.sat(rq.saturated)
 
+    # ---- BPTT (section 13.8): the baseline on the same hardware ------------------------------
+    def _bptt_finish(self, i, slot):
+        """``delta_t[i] = m_t[i] ? requantize(total) : 0`` into slot ``slot`` (step ``T - K + slot``)."""
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        rq = self.rq(self.total, f.weight.frac_bits + f.delta.frac_bits, f.delta, cfg.rounding_backward)
+        mask = self.late(self.maskmem.r.data)
+        m.d.comb += [self.d1mem.w.addr.eq(times_const(slot, cfg.hidden) + i), self.d1mem.w.data.eq(Mux(mask, rq.o, 0)),
+                     self.d1mem.w.en.eq(self.finishing)]
+        with m.If(self.finishing):
+            self.sat(rq.saturated)
+
+    def issue_BPTO(self, p):
+        cfg = self._cfg
+        H, T = cfg.hidden, cfg.steps
+        i, c = self.c[:2]
+        self.m.d.comb += [self.w2.r.addr.eq(times_const(c, H) + i), self.d2mem.r.addr.eq(c),       # W_2[c, i]
+                          self.maskmem.r.addr.eq((T - 1) * H + i)]
+
+    def stage_BPTO(self, p):
+        self.m.d.comb += [self.mul_a.eq(self.w2.r.data), self.mul_b.eq(self.d2mem.r.data), self.init.eq(0)]
+
+    def finish_BPTO(self, p):
+        self._bptt_finish(self.cf[0], Const(self._K - 1))
+
+    def _bptt_step(self, s, name):
+        """``(t, slot)`` of BPTH's outer step ``s``: step ``T - 2 - s``, slot ``K - 2 - s``."""
+        cfg = self._cfg
+        t = self.signal(range(cfg.steps), f"{name}_t")
+        slot = self.signal(range(self._K), f"{name}_slot")
+        self.m.d.comb += [t.eq(cfg.steps - 2 - s), slot.eq(self._K - 2 - s)]
+        return t, slot
+
+    def issue_BPTH(self, p):
+        cfg = self._cfg
+        I, H = cfg.inputs, cfg.hidden
+        s, i, k = self.c[:3]
+        t, slot = self._bptt_step(s, "bpth")
+        self.m.d.comb += [self.w1.r.addr.eq(times_const(k, I + H) + (I + i)),          # W_h[k, i]
+                          self.d1mem.r.addr.eq(times_const(slot + 1, H) + k),           # delta_{t+1}[k]
+                          self.maskmem.r.addr.eq(times_const(t, H) + i)]
+
+    def stage_BPTH(self, p):
+        self.m.d.comb += [self.mul_a.eq(self.w1.r.data), self.mul_b.eq(self.d1mem.r.data), self.init.eq(0)]
+
+    def finish_BPTH(self, p):
+        _, slot = self._bptt_step(self.cf[0], "bpth_f")
+        self._bptt_finish(self.cf[1], slot)
+
     def _update(self, in_frac, port, addr, fmt, target, layer):
         """``port[addr] = sat_fmt(port[addr] - sat_target(round(lr * total)))`` on the finishing
         term (``target``: the update format for weights, the bias format for biases); returns
@@ -327,6 +389,8 @@ class RNNEngine(LoopNestEngine):
         I, H = cfg.inputs, cfg.hidden
         i, j, k = self.c[:3]
         t = self._window_step(k)
+        if cfg.method == "bptt":
+            self.m.d.comb += self.d1mem.r.addr.eq(times_const(k, H) + i)
         self.m.d.comb += [
             self.gmem.r.addr.eq(i),
             self.maskmem.r.addr.eq(times_const(t, H) + i),
@@ -336,9 +400,16 @@ class RNNEngine(LoopNestEngine):
             self.valid.eq((j < I) | (t != 0)),
         ]
 
+    def _delta1(self):
+        """``delta_t[i]`` of the window term in flight (stage A): BPTT's stored delta, or DFA's
+        ``m_t ? g : 0``."""
+        if self._cfg.method == "bptt":
+            return self.d1mem.r.data
+        return Mux(self.maskmem.r.data, self.gmem.r.data, 0)
+
     def stage_UPD1(self, p):
         is_x = self.cd[1] < self._cfg.inputs
-        self.m.d.comb += [self.mul_a.eq(Mux(self.maskmem.r.data, self.gmem.r.data, 0)),
+        self.m.d.comb += [self.mul_a.eq(self._delta1()),
                           self.mul_b.eq(Mux(is_x, self.xmem.r.data, self.hmem.r.data)), self.init.eq(0)]
 
     def finish_UPD1(self, p):
@@ -364,11 +435,13 @@ class RNNEngine(LoopNestEngine):
         H = self._cfg.hidden
         i, k = self.c[:2]
         t = self._window_step(k)
+        if self._cfg.method == "bptt":
+            self.m.d.comb += self.d1mem.r.addr.eq(times_const(k, H) + i)
         self.m.d.comb += [self.gmem.r.addr.eq(i), self.maskmem.r.addr.eq(times_const(t, H) + i),
                           self.b1.r.addr.eq(i)]
 
     def stage_UPDB1(self, p):
-        self.m.d.comb += [self.mul_a.eq(Mux(self.maskmem.r.data, self.gmem.r.data, 0)), self.mul_b.eq(1),
+        self.m.d.comb += [self.mul_a.eq(self._delta1()), self.mul_b.eq(1),
                           self.init.eq(0)]
 
     def finish_UPDB1(self, p):

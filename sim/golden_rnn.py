@@ -155,13 +155,17 @@ class GoldenRNN:
         e = GoldenModel.output_error(self, y, label)         # the MLP's output-error unit, section 4
         self.last_error = e
         delta2 = requantize(e, f.error.frac_bits, f.delta, cfg.rounding_backward, stats=self.stats, name="delta2")
-        # DFA: one projection of e_T, the same g for every step of the window
-        G = (self._Bf @ e.astype(np.float64)).astype(np.int64)
-        g = requantize(G, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward,
-                       stats=self.stats, name="g1")
         K = min(cfg.window, T)
         steps = np.arange(T - K, T)                          # 0-based t of a[t] = a_{t+1}
-        delta1 = np.where(m[steps], g[None, :], 0)           # (K, H)
+        if cfg.method == "bptt":
+            delta1, g_steps = self._bptt_deltas(delta2, m, T, K)      # section 13.8
+            g = g_steps[-1]
+        else:
+            # DFA: one projection of e_T, the same g for every step of the window
+            G = (self._Bf @ e.astype(np.float64)).astype(np.int64)
+            g = requantize(G, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward,
+                           stats=self.stats, name="g1")
+            delta1 = np.where(m[steps], g[None, :], 0)       # (K, H)
         # readout update: section 6
         self._update_dense("W2", "b2", 1, delta2[:, None] * h[T][None, :], delta2, f.activation.frac_bits, "2")
         # recurrent update: exact sums over the window, one rounding per weight
@@ -191,6 +195,21 @@ class GoldenRNN:
                 rec[f"delta1_{t + 1}"] = delta1[i]
             self.trace.append(rec)
         return prediction
+
+    def _bptt_deltas(self, delta2, m, T: int, K: int):
+        """Section 13.8: BPTT truncated to the last ``K`` steps, from the pre-update weights.
+        Returns ``delta1`` ``(K, H)`` (steps ``T-K .. T-1``, 0-based) and the ``g`` of each."""
+        cfg, f = self.cfg, self.cfg.formats
+        frac = f.weight.frac_bits + f.delta.frac_bits
+        G = (self._f["W2"].T @ delta2.astype(np.float64)).astype(np.int64)          # dL/dh_T
+        deltas, gs = [], []
+        for t in range(T - 1, T - K - 1, -1):
+            g = requantize(G, frac, f.delta, cfg.rounding_backward, stats=self.stats, name="g1")
+            d = np.where(m[t], g, 0)
+            deltas.append(d)
+            gs.append(g)
+            G = (self._f["Wh"].T @ d.astype(np.float64)).astype(np.int64)           # dL/dh_{t-1}
+        return np.array(deltas[::-1]), gs[::-1]
 
     def _update_dense(self, wname, bname, layer, P, S, x_frac, site):
         """Section 6: ``W -= sat(round(lr * P))``, ``b -= sat(round(lr * S))``."""

@@ -85,11 +85,23 @@ def ref_step(cfg, P, B, x, label, stats):
                          f.error, stats)
     Fe, Fd, Ffb = f.error.frac_bits, f.delta.frac_bits, f.feedback.frac_bits
     delta2 = [requant(v, Fe - Fd, cfg.rounding_backward, f.delta, stats, "delta2") for v in e]
-    g = [requant(sum(int(B[i][c]) * e[c] for c in range(C)), Fe + Ffb - Fd, cfg.rounding_backward, f.delta, stats,
-                 "g1") for i in range(H)]
     K = min(cfg.window, T)
     window = range(T - K, T)
-    delta1 = {t: [g[i] if masks[t][i] else 0 for i in range(H)] for t in window}
+    if cfg.method == "bptt":
+        # section 13.8: dL/dh_T = W_2^T delta_2, then dL/dh_{t-1} = W_h^T delta_t, pre-update weights
+        G = [sum(int(P["W2"][c][i]) * delta2[c] for c in range(C)) for i in range(H)]
+        delta1 = {}
+        for t in range(T - 1, T - K - 1, -1):
+            g = [requant(G[i], Fw, cfg.rounding_backward, f.delta, stats, "g1") for i in range(H)]
+            delta1[t] = [g[i] if masks[t][i] else 0 for i in range(H)]
+            if t == T - 1:
+                g_last = g
+            G = [sum(int(P["Wh"][k][i]) * delta1[t][k] for k in range(H)) for i in range(H)]
+        g = g_last
+    else:
+        g = [requant(sum(int(B[i][c]) * e[c] for c in range(C)), Fe + Ffb - Fd, cfg.rounding_backward, f.delta,
+                     stats, "g1") for i in range(H)]
+        delta1 = {t: [g[i] if masks[t][i] else 0 for i in range(H)] for t in window}
     mode = cfg.rounding_update
     new = copy.deepcopy({k: [list(map(int, r)) if np.ndim(r) else int(r) for r in v] for k, v in P.items()})
     S1, S2 = cfg.lr_shift
@@ -125,9 +137,9 @@ HAND = {"input": "u0.4", "weight": "s1.6", "bias": "s1.6", "activation": "s2.5",
 
 
 def tiny(inputs=2, hidden=2, classes=2, steps=2, window="all", formats=None, lr_shift=(3, 1), seed=0,
-         activation="hardtanh", **sections):
+         activation="hardtanh", method="dfa", **sections):
     d = {"network": {"inputs": inputs, "hidden": hidden, "classes": classes, "steps": steps, "window": window,
-                     "activation": activation},
+                     "activation": activation, "method": method},
          "formats": dict(HAND if formats is None else formats),
          "training": {"lr_shift": list(lr_shift), "seed": seed},
          "feedback": sections.pop("feedback", {"kind": "sparse", "k": 1, "values": "pm1", "seed": 1})}
@@ -255,6 +267,9 @@ CASES = [
          formats={**HAND, "feedback": "s0.7"}),
     dict(window=3, feedback={"kind": "sparse", "k": 2, "values": "pow2", "max_shift": 2, "seed": 5},
          activation="relu"),
+    # truncated and full BPTT (section 13.8): the baseline on the same hardware
+    dict(window=3, method="bptt", activation="relu"),
+    dict(window="all", method="bptt", rounding={"backward": "trunc"}),
 ]
 
 

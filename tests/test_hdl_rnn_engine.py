@@ -4,8 +4,9 @@ bit: predictions, output errors, every weight and bias, and the counters.
 Small recurrent networks on sklearn's 8x8 digits read row by row (8 steps of 8 pixels) in
 Amaranth's simulator, one variant of each option (dense and sparse feedback with pm1 and
 pow2 values, windows of 1, 3 and all steps, ReLU and hardtanh, learning-rate shifts and a
-multiplier, truncation, saturation); then a dense-feedback and a sparse-feedback network
-over 100 real sequences each in Verilator with random idle cycles and backpressure.
+multiplier, truncation, saturation; and the BPTT baseline, truncated and full); then a
+dense-feedback, a sparse-feedback and a BPTT network over 100 real sequences each in
+Verilator with random idle cycles and backpressure.
 """
 
 import numpy as np
@@ -52,6 +53,10 @@ VARIANTS = {
     "sparse_pow2_relu_all_steps_trunc": SPARSE,
     "sparse_pm1_last_step_lr_multiplier": config(window="last", learning_rate=0.02),
     "trunc_forward_and_backward": config(window=5, rounding={"forward": "trunc", "backward": "trunc"}),
+    # the BPTT baseline (section 13.8) on the same datapath: truncated and full
+    "bptt_window3": config(lr_shift=(6, 4)).with_(method="bptt"),
+    "bptt_all_steps_relu_trunc": config(window="all", activation="relu", rounding={"backward": "trunc"},
+                                        lr_shift=(7, 4)).with_(method="bptt"),
     # narrow formats: states, deltas and weights saturate
     "saturating": config(formats={"activation": "s1.10", "weight": "s0.10", "bias": "s0.10", "update": "s0.10",
                                   "delta": "s0.10", "error": "s0.14"}, lr_shift=(0, 0)),
@@ -162,7 +167,7 @@ def test_cycle_count_is_the_schedule():
 
 # ---- Verilator: 100 real sequences per network ----------------------------------------------
 
-@pytest.mark.parametrize("name", ["dense_fixed_window3", "sparse_pow2_relu_all_steps_trunc"])
+@pytest.mark.parametrize("name", ["dense_fixed_window3", "sparse_pow2_relu_all_steps_trunc", "bptt_window3"])
 def test_verilator_100_sequences_bit_exact(name):
     from dfa_engine.sim.verilator_run import run_training
 
