@@ -37,7 +37,7 @@ from dfa_engine.hdl.family import engine_family
 from dfa_engine.link_format import (
     CRC_BYTES, CRC_INIT, CRC_POLY, ESCAPE, ESCAPE_XOR, FLAG, HEADER_BYTES, LINK_COUNTERS, READ, READ_RESP,
     RESPONSE_ERROR, RESULT, RESULT_REJECTED, RESULT_TRAINED, SAMPLE, SAMPLE_TRAIN, STATUS, STATUS_RESP,
-    TO_BOARD, TO_HOST, WRITE, WRITE_ACK, LinkFormat, engine_signature,
+    TO_BOARD, TO_HOST, WRITE, WRITE_ACK, LinkFormat,
 )
 
 __all__ = ["HostLink", "crc16_step"]
@@ -91,7 +91,7 @@ class HostLink(wiring.Component):
         being received, if any, is counted as ``bad_frame`` and dropped.
     tx : Out(stream.Signature(8))
         Bytes to the host (``UARTTx.i``).
-    engine : In(engine_signature(cfg))
+    engine : In(the engine's signature, ``hdl/family.py``)
         The engine's four streams, flipped: ``wiring.connect(m, link.engine, engine)``.
     counters : Out(StructLayout{frames_ok, bad_crc, bad_frame, bytes_dropped: 32 each})
         The link counters (``docs/host_link.md``), also sent in STATUS_RESP. They wrap.

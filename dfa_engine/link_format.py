@@ -20,10 +20,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth.hdl import signed
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
-
 from dfa_engine.config import EngineConfig
 # the engine's ports are defined once, in hdl/engine.py; re-exported here for the host side
 from dfa_engine.hdl.engine import LABEL_BITS, engine_signature, host_data_width

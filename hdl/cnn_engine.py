@@ -31,7 +31,7 @@ the Verilator harness, the host link and the scoreboard serve both.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from amaranth.hdl import Const, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
@@ -575,22 +575,17 @@ class CNNEngine(LoopNestEngine):
         self.m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data), self.init.eq(0)]
 
     def finish_UPD(self, p):
-        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        cfg, f, l = self._cfg, self._cfg.formats, p.layer
         Ly = self._layers[l]
         lr, lr_frac = self._lr(l)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
         rq = self.rq(scaled, f.delta.frac_bits + lr_frac + self.in_fmt[l].frac_bits, f.update, cfg.rounding_update,
                      width=width)
-        w = self.wmem[l]
-        sat = self.rq(self.late(w.r.data) - rq.o, f.weight.frac_bits, f.weight, "trunc",
-                      width=max(f.weight.width, f.update.width) + 2)
         K = Ly.kernel
-        out = (flat(self.cf[:2], Ly.h_shape[:1] + Ly.in_shape[:1]) if Ly.kind == "dense" else
-               flat(self.cf[:4], (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K)))
-        m.d.comb += [w.w.addr.eq(out), w.w.data.eq(sat.o), w.w.en.eq(self.finishing)]
-        with m.If(self.finishing):
-            self.sat(rq.saturated, sat.saturated)
+        dims = (Ly.h_shape[:1] + Ly.in_shape[:1] if Ly.kind == "dense"
+                else (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K))
+        self.update_step(p, self.wmem[l], rq.o, rq.saturated, f.weight, lambda c: flat(c[:len(dims)], dims))
 
     def issue_UPDB(self, p):
         m, Ly, c, l = self.m, self._layers[p.layer], self.c, p.layer
@@ -604,14 +599,10 @@ class CNNEngine(LoopNestEngine):
         self.m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(1), self.init.eq(0)]
 
     def finish_UPDB(self, p):
-        m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer
+        cfg, f, l = self._cfg, self._cfg.formats, p.layer
         lr, lr_frac = self._lr(l)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
         rq = self.rq(scaled, f.delta.frac_bits + lr_frac, f.bias, cfg.rounding_update, width=width)
-        b = self.bmem[l]
-        sat = self.rq(self.late(b.r.data) - rq.o, f.bias.frac_bits, f.bias, "trunc", width=f.bias.width + 2)
-        m.d.comb += [b.w.addr.eq(self.cf[0]), b.w.data.eq(sat.o), b.w.en.eq(self.finishing)]
-        with m.If(self.finishing):
-            self.sat(rq.saturated, sat.saturated)
+        self.update_step(p, self.bmem[l], rq.o, rq.saturated, f.bias, lambda c: c[0])
 

@@ -12,7 +12,9 @@ reads, and a four-stage pipeline follows, one term a cycle:
        largest sum needs, so the order of the terms does not matter, as in the golden
        models); the sum is registered;
 ``D``  on the last term of an output element the pass's finishing logic (``finish_K``)
-       rounds, saturates, applies the activation or the update and writes the result.
+       rounds, saturates, applies the activation and writes the result;
+``E``  for the weight and bias updates (``finish_e_K``): the rounded step, registered at
+       ``D``, is subtracted from the old value, saturated and written back.
 
 Every pass drains the pipeline (``PIPELINE_DEPTH`` cycles) before the next one issues, so a
 pass reads only what the passes before it wrote.
@@ -49,8 +51,8 @@ __all__ = ["LoopNestEngine", "PassPlan", "LOOP_COUNTERS", "NON_MAC_PASSES", "PIP
 LOOP_COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
                  "saturation_events", "samples_received")
 COUNTER_MAX = 2**32 - 1
-#: Cycles from a term's issue to its finishing stage (D), and each pass's drain.
-PIPELINE_DEPTH = 4
+#: Cycles from a term's issue to its last stage (E), and each pass's drain.
+PIPELINE_DEPTH = 5
 #: Pass kinds whose terms are not multiply-accumulates (pooling, routing, delta_L).
 NON_MAC_PASSES = ("POOL", "ROUTE", "DOUT")
 
@@ -199,24 +201,55 @@ class LoopNestEngine(wiring.Component):
         return Signal(shape, name=f"{prefix}_{self._n}")
 
     def late(self, value):
-        """``value`` (a stage-A value) delayed to stage D: ``PIPELINE_DEPTH - 1`` registers,
-        free-running (the pipeline never stalls), one chain per signal."""
+        """``value`` (a stage-A value) delayed to stage D: three registers, free-running (the
+        pipeline never stalls), one chain per signal."""
+        return self._delayed(value, 3, self._late)
+
+    def after(self, value):
+        """``value`` (a stage-D value) one cycle later, at stage E."""
+        return self._delayed(value, 1, self._after)
+
+    def _delayed(self, value, n, memo):
         key = id(value)
-        if key in self._late:
-            return self._late[key][1]
+        if key in memo:
+            return memo[key][1]
         v = Value.cast(value)
         cur = v
-        for _ in range(PIPELINE_DEPTH - 1):
+        for _ in range(n):
             r = self.signal(v.shape(), "late")
             self._late_m.d.sync += r.eq(cur)
             cur = r
-        self._late[key] = (value, cur)      # (keeps value alive: its id stays unique)
+        memo[key] = (value, cur)      # (keeps value alive: its id stays unique)
         return cur
+
+    def update_step(self, p, port, step, step_saturated, fmt, addr):
+        """The update's stage D and E: ``step`` (the rounded, saturated ``dW`` or ``db`` at
+        stage D) and the old value are registered; at E ``port[addr] = sat_fmt(old - step)``
+        (``addr`` from the stage-E counters :attr:`cfe`). Called from ``finish_K``; the base
+        calls ``finish_e_K`` = :meth:`_update_e` with what this stores."""
+        self._updates[p] = (port, self.after(step), self.after(self.late(port.r.data)), self.after(step_saturated),
+                            fmt, addr)
+        with self.m.If(self.finishing):
+            self.sat(step_saturated)
+
+    def _update_e(self, p):
+        port, step, old, step_sat, fmt, addr = self._updates[p]
+        new = self.rq(old - step, fmt.frac_bits, fmt, "trunc", width=max(fmt.width, step.shape().width) + 2)
+        self.m.d.comb += [port.w.addr.eq(addr(self.cfe)), port.w.data.eq(new.o), port.w.en.eq(self.finishing_e)]
+        with self.m.If(self.finishing_e):
+            self.sat_e(new.saturated)
+
+    def sat_e(self, *flags):
+        """Saturation events of an output element's stage E (summed)."""
+        total = flags[0]
+        for fl in flags[1:]:
+            total = total + fl
+        self.m.d.comb += self.sat_events_e.eq(total)
 
     # ---- the engine ---------------------------------------------------------------------------
     def elaborate(self, platform):
         m = Module()
-        self.m, self._n, self._late = m, 0, {}
+        self.m, self._n, self._late, self._after, self._updates = m, 0, {}, {}, {}
         m.submodules.late = self._late_m = Module()     # unconditional delay registers
         cfg = self._cfg
         C = cfg.n_classes
@@ -272,12 +305,18 @@ class LoopNestEngine(wiring.Component):
         with m.If(active_c):
             m.d.sync += acc.eq(total_c)
         pass_f = self.late(pass_d)
-        self.sat_events = Signal(3)
+        self.sat_events, self.sat_events_e = Signal(3), Signal(3)
         self.finishing = Signal()
         m.d.comb += self.finishing.eq(active_f & last_f)
-        # counted a cycle later (off the finishing stage's rounding and saturation path)
-        sat_late = Signal(3)
-        m.d.sync += sat_late.eq(Mux(self.finishing & do_train, self.sat_events, 0))
+        # stage E (the updates' subtraction and write-back)
+        active_e, self.finishing_e = Signal(), Signal()
+        pass_e = self.after(pass_f)
+        self.cfe = [self.after(self.cf[k]) for k in range(n_ctr)]
+        m.d.sync += [active_e.eq(active_f), self.finishing_e.eq(self.finishing)]
+        # counted a cycle later (off the finishing stages' rounding and saturation paths)
+        sat_late = Signal(4)
+        m.d.sync += sat_late.eq(Mux(self.finishing & do_train, self.sat_events, 0)
+                                + Mux(self.finishing_e & do_train, self.sat_events_e, 0))
         sat_err = Signal(bits_for(C + 2))        # the output-error unit's, in ERR_WAIT
         bump("saturation_events", sat_late + sat_err)
 
@@ -297,6 +336,12 @@ class LoopNestEngine(wiring.Component):
                 for pid, p in enumerate(plan):
                     with m.Case(pid):
                         getattr(self, f"finish_{p.kind}")(p)
+        with m.If(active_e):
+            with m.Switch(pass_e):
+                for pid, p in enumerate(plan):
+                    if p in self._updates:
+                        with m.Case(pid):
+                            self._update_e(p)
 
         # counters of the running pass: step, and flags for the stage
         last_issue, first_term, last_term = Signal(), Signal(), Signal()

@@ -338,18 +338,16 @@ class RNNEngine(LoopNestEngine):
         _, slot = self._bptt_step(self.cf[0], "bpth_f")
         self._bptt_finish(self.cf[1], slot)
 
-    def _update(self, in_frac, port, addr, fmt, target, layer):
-        """``port[addr] = sat_fmt(port[addr] - sat_target(round(lr * total)))`` on the finishing
-        term (``target``: the update format for weights, the bias format for biases); returns
-        the two requantizers (for the saturation count)."""
-        m, cfg, f = self.m, self._cfg, self._cfg.formats
+    def _update(self, p, in_frac, port, addr, fmt, target, layer):
+        """``port[addr] = sat_fmt(port[addr] - sat_target(round(lr * total)))`` (``target``: the
+        update format for weights, the bias format for biases; ``addr`` a function of the
+        counters), through the base's stages D and E."""
+        cfg, f = self._cfg, self._cfg.formats
         lr, lr_frac = self._lr(layer)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
         rq = self.rq(scaled, f.delta.frac_bits + lr_frac + in_frac, target, cfg.rounding_update, width=width)
-        new = self.rq(self.late(port.r.data) - rq.o, fmt.frac_bits, fmt, "trunc", width=max(fmt.width, target.width) + 2)
-        m.d.comb += [port.w.addr.eq(addr), port.w.data.eq(new.o), port.w.en.eq(self.finishing)]
-        return rq, new
+        self.update_step(p, port, rq.o, rq.saturated, fmt, addr)
 
     def issue_UPD2(self, p):
         c, j = self.c[:2]
@@ -360,12 +358,8 @@ class RNNEngine(LoopNestEngine):
         self.m.d.comb += [self.mul_a.eq(self.d2mem.r.data), self.mul_b.eq(self.hmem.r.data), self.init.eq(0)]
 
     def finish_UPD2(self, p):
-        f = self._cfg.formats
-        c, j = self.cf[:2]
-        rq, new = self._update(f.activation.frac_bits, self.w2, times_const(c, self._cfg.hidden) + j, f.weight,
-                               f.update, 1)
-        with self.m.If(self.finishing):
-            self.sat(rq.saturated, new.saturated)
+        f, H = self._cfg.formats, self._cfg.hidden
+        self._update(p, f.activation.frac_bits, self.w2, lambda c: times_const(c[0], H) + c[1], f.weight, f.update, 1)
 
     def issue_UPDB2(self, p):
         self.m.d.comb += [self.d2mem.r.addr.eq(self.c[0]), self.b2.r.addr.eq(self.c[0])]
@@ -375,9 +369,7 @@ class RNNEngine(LoopNestEngine):
 
     def finish_UPDB2(self, p):
         f = self._cfg.formats
-        rq, new = self._update(0, self.b2, self.cf[0], f.bias, f.bias, 1)
-        with self.m.If(self.finishing):
-            self.sat(rq.saturated, new.saturated)
+        self._update(p, 0, self.b2, lambda c: c[0], f.bias, f.bias, 1)
 
     def _window_step(self, k):
         """The 0-based step of window term ``k``: ``T - K + k``."""
@@ -413,23 +405,17 @@ class RNNEngine(LoopNestEngine):
                           self.mul_b.eq(Mux(is_x, self.xmem.r.data, self.hmem.r.data)), self.init.eq(0)]
 
     def finish_UPD1(self, p):
-        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        cfg, f = self._cfg, self._cfg.formats
         I, H = cfg.inputs, cfg.hidden
-        i, j = self.cf[:2]
-        is_x = j < I
+        is_x = self.cf[1] < I
         lr, lr_frac = self._lr(0)
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         width = self.acc_w + max(lr, 1).bit_length() + 1
         base = f.delta.frac_bits + lr_frac
         rq_x = self.rq(scaled, base + f.input.frac_bits, f.update, cfg.rounding_update, width=width)
         rq_h = self.rq(scaled, base + f.activation.frac_bits, f.update, cfg.rounding_update, width=width)
-        dw = Mux(is_x, rq_x.o, rq_h.o)
-        new = self.rq(self.late(self.w1.r.data) - dw, f.weight.frac_bits, f.weight, "trunc",
-                      width=max(f.weight.width, f.update.width) + 2)
-        m.d.comb += [self.w1.w.addr.eq(times_const(i, I + H) + j), self.w1.w.data.eq(new.o),
-                     self.w1.w.en.eq(self.finishing)]
-        with m.If(self.finishing):
-            self.sat(Mux(is_x, rq_x.saturated, rq_h.saturated), new.saturated)
+        self.update_step(p, self.w1, Mux(is_x, rq_x.o, rq_h.o), Mux(is_x, rq_x.saturated, rq_h.saturated),
+                         f.weight, lambda c: times_const(c[0], I + H) + c[1])
 
     def issue_UPDB1(self, p):
         H = self._cfg.hidden
@@ -446,7 +432,5 @@ class RNNEngine(LoopNestEngine):
 
     def finish_UPDB1(self, p):
         f = self._cfg.formats
-        rq, new = self._update(0, self.b1, self.cf[0], f.bias, f.bias, 0)
-        with self.m.If(self.finishing):
-            self.sat(rq.saturated, new.saturated)
+        self._update(p, 0, self.b1, lambda c: c[0], f.bias, f.bias, 0)
 
