@@ -4,7 +4,8 @@ The CNN and RNN engines (``hdl/cnn_engine.py``, ``hdl/rnn_engine.py``) are built
 step of their golden models is a sum of products over an index space followed by one
 rounding (or a loop with a max or a select in place of the sum), so a step is a *pass*:
 nested counters (outer loops = one output element, inner loops = its terms) issue block-RAM
-reads, and a four-stage pipeline follows, one term a cycle:
+reads (registered once more behind the block RAM, :class:`RegisteredRead`), and a pipeline
+follows, one term a cycle:
 
 ``A``  the read data are here: the pass selects the multiplier's operands (``stage_K``);
 ``B``  the registered operands are multiplied;
@@ -51,8 +52,9 @@ __all__ = ["LoopNestEngine", "PassPlan", "LOOP_COUNTERS", "NON_MAC_PASSES", "PIP
 LOOP_COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
                  "saturation_events", "samples_received")
 COUNTER_MAX = 2**32 - 1
-#: Cycles from a term's issue to its last stage (E), and each pass's drain.
-PIPELINE_DEPTH = 5
+#: Cycles from a term's issue to its last stage (E), and each pass's drain: the read, its
+#: register, then stages A to E.
+PIPELINE_DEPTH = 6
 #: Pass kinds whose terms are not multiply-accumulates (pooling, routing, delta_L).
 NON_MAC_PASSES = ("POOL", "ROUTE", "DOUT")
 
@@ -135,6 +137,15 @@ class Ports:
         self.r, self.w = r, w
 
 
+class RegisteredRead:
+    """A block-RAM read port whose data is registered once more (``addr`` as the port's;
+    ``data`` two cycles after the address): the block RAM's output and the logic behind it
+    are then in separate cycles."""
+
+    def __init__(self, port, data):
+        self.addr, self.data, self.port = port.addr, data, port
+
+
 class LoopNestEngine(wiring.Component):
     """Base of the loop-nest engines (see the module's text).
 
@@ -179,7 +190,10 @@ class LoopNestEngine(wiring.Component):
     def mem(self, name, shape, depth, init=None):
         mm = memory.Memory(shape=shape, depth=max(depth, 2), init=init or [])
         self.m.submodules[name] = mm
-        return Ports(mm.read_port(), mm.write_port())
+        rp = mm.read_port()
+        data = Signal.like(rp.data, name=f"{name}_rd")
+        self._late_m.d.sync += data.eq(rp.data)
+        return Ports(RegisteredRead(rp, data), mm.write_port())
 
     def rq(self, value, in_frac, fmt, mode, width=None):
         """A requantizer of ``value`` (width ``width``, default the accumulator's)."""
@@ -354,8 +368,12 @@ class LoopNestEngine(wiring.Component):
                                  last_term.eq(_all(at_max[n_out:])), last_issue.eq(_all(at_max))]
                     with m.If(issuing):
                         self._step(m, c, dims, len(dims) - 1)
-        m.d.sync += [active_d.eq(issuing), self.first_d.eq(first_term), last_d.eq(last_term), valid_d.eq(valid),
-                     pass_d.eq(cur)] + [cd[k].eq(c[k]) for k in range(n_ctr)]
+        # the issue's flags and counters, two cycles on (the read, its register): stage A
+        flags = [(issuing, active_d), (first_term, self.first_d), (last_term, last_d), (valid, valid_d),
+                 (cur, pass_d)] + [(c[k], cd[k]) for k in range(n_ctr)]
+        for src, dst in flags:
+            mid = Signal.like(dst, name=f"{dst.name}_read")
+            m.d.sync += [mid.eq(src), dst.eq(mid)]
 
         # ---- host requests -------------------------------------------------------------------
         fi, fl = self._addr["index"], self._addr["layer"]
@@ -448,6 +466,9 @@ class LoopNestEngine(wiring.Component):
                         bump("rejected_labels")
                     m.next = "IDLE"
             with m.State("HOST_READ"):
+                m.d.comb += in_host.eq(1)
+                m.next = "HOST_WAIT"
+            with m.State("HOST_WAIT"):          # the read port's data register
                 m.d.comb += in_host.eq(1)
                 m.next = "HOST_ANSWER"
             with m.State("HOST_ANSWER"):
