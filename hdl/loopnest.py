@@ -79,7 +79,7 @@ class PassPlan:
 
     @property
     def cycles(self) -> int:
-        """Issue cycles (one term a cycle), without the pass's one drain cycle."""
+        """Issue cycles (one term a cycle), without the pass's drain."""
         return math.prod(self.dims)
 
 
