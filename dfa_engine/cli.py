@@ -14,7 +14,7 @@ import json
 import sys
 import time
 
-from .config import ConfigError, load_config, load_engine_config
+from .config import ConfigError, load_engine_config
 
 __all__ = ["main"]
 
@@ -49,25 +49,44 @@ def _cmd_train(args) -> int:
     """Train the bit-exact golden model on a real data set and report accuracy and speed;
     with --port, train a board over its host link instead and check it against the golden model."""
     from .data import load_dataset
-    from .sim.golden import GoldenModel
+    from .hdl.family import engine_family
+    from .sim.golden_feed import golden_model
 
-    cfg = load_config(args.config)
+    cfg = load_engine_config(args.config)
+    family = engine_family(cfg)
     if args.epochs is not None:
         cfg = cfg.with_(epochs=args.epochs)
     ds = load_dataset(args.dataset)
-    if ds.n_features != cfg.layers[0]:
+    if family.name == "mlp" and ds.n_features != cfg.layers[0]:
         raise ConfigError("network.layers[0]", cfg.layers[0],
                           f"must equal the {args.dataset} input size {ds.n_features}")
+    if family.name != "mlp" and ds.n_features != family.n_inputs(cfg):
+        field, value = (("network.input", list(cfg.input_shape)) if family.name == "cnn"
+                        else ("network.steps", cfg.steps))
+        raise ConfigError(field, value, f"must hold the {args.dataset} input size {ds.n_features} "
+                          f"(the network reads {family.n_inputs(cfg)} values a sample)")
     if args.port is not None:
+        if family.name != "mlp":
+            print(f"error: --port: the host client drives MLP engines only; a {family.name.upper()} engine "
+                  f"is simulated with dfa-engine rtl", file=sys.stderr)
+            return 2
         from . import board_train
 
         return board_train.run(args, cfg, ds)
     n = len(ds.x_train) if args.samples is None else min(args.samples, len(ds.x_train))
     x_train = cfg.formats.input.from_float(ds.x_train[:n])
     x_test = cfg.formats.input.from_float(ds.x_test)
-    model = GoldenModel(cfg)
-    print(f"dfa-engine train: {cfg.network_name}, methods {','.join(cfg.methods) or '-'}, "
-          f"feedback {cfg.feedback.kind} k={cfg.feedback.k} {cfg.feedback.values}, "
+    if family.name == "cnn":
+        x_train, x_test = (x.reshape(len(x), *cfg.input_shape) for x in (x_train, x_test))
+    elif family.name == "rnn":        # row t of the image is step t
+        x_train, x_test = (x.reshape(len(x), cfg.steps, cfg.inputs) for x in (x_train, x_test))
+    model = golden_model(cfg)
+    if family.name == "mlp":
+        what = (f"{cfg.network_name}, methods {','.join(cfg.methods) or '-'}, "
+                f"feedback {cfg.feedback.kind} k={cfg.feedback.k} {cfg.feedback.values}")
+    else:
+        what = f"{family.name.upper()} {cfg.network_name}, methods {','.join(cfg.methods) or '-'}"
+    print(f"dfa-engine train: {what}, "
           f"{args.dataset} ({n} train / {len(ds.x_test)} test), {cfg.epochs} epochs, bit-exact golden model")
     history = []
     for epoch in range(cfg.epochs):

@@ -95,3 +95,17 @@ def test_rtl_rejects_a_cnn_whose_input_is_not_the_data_sets(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip() == ("error: network.input: [1, 8, 8] must hold the mnist5k input size 784 "
                                 "(the engine reads 64 values a sample)")
+
+
+@pytest.mark.parametrize("example", ["cnn_2conv_hybrid", "rnn_rowwise_dfa"])
+def test_train_cnn_and_rnn_golden_models(tmp_path, example):
+    """dfa-engine train runs the CNN's and the RNN's golden model like the MLP's, and says
+    plainly that a board of either is not driven over --port yet."""
+    out = tmp_path / "h.json"
+    r = _run("train", f"examples/{example}.toml", "--epochs", "1", "--samples", "60", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    assert "bit-exact golden model" in r.stdout and "test accuracy:" in r.stdout
+    hist = json.loads(out.read_text())["history"]
+    assert len(hist) == 1 and 0.0 <= hist[0]["test_accuracy"] <= 1.0
+    r = _run("train", f"examples/{example}.toml", "--port", "/dev/null")
+    assert r.returncode == 2 and "--port: the host client drives MLP engines only" in r.stderr
