@@ -6,12 +6,12 @@ unit-tested against them in the Amaranth simulator (``tests/test_hdl_arith.py``)
 
 from __future__ import annotations
 
-from amaranth.hdl import Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Shape, Signal, signed, unsigned
+from amaranth.hdl import Cat, ClockSignal, Const, Elaboratable, Instance, Module, Mux, Shape, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from dfa_engine.fixed import FixedFormat
-from dfa_engine.lfsr import MASK32, TAPS, draw
+from dfa_engine.lfsr import MASK32, draw
 
 __all__ = ["Requantize", "LFSRDraw", "leap_matrix", "times_const", "hardtanh", "RegisteredProduct",
            "MULT18X18DModel", "is_ecp5"]

@@ -259,8 +259,9 @@ class CNNEngine(LoopNestEngine):
         self._pool_regs, self._pool_new = {}, {}
         for l, Ly in enumerate(layers):
             if Ly.pool is not None and Ly.pool[0] == "max":
-                self._pool_new[l] = (Signal(act_shape, name=f"pool_max_next{l}"),
-                                     Signal(_bits(Ly.pool[1] ** 2), name=f"pool_arg_next{l}"))
+                arg = unsigned(_bits(Ly.pool[1] ** 2))
+                self._pool_regs[l] = (Signal(act_shape, name=f"pool_max{l}"), Signal(arg, name=f"pool_arg{l}"))
+                self._pool_new[l] = (Signal(act_shape, name=f"pool_max_next{l}"), Signal(arg, name=f"pool_arg_next{l}"))
         self.wmem, self.bmem = [], []
         for l, Ly in enumerate(layers):
             W, b = self._params[l]
@@ -293,7 +294,7 @@ class CNNEngine(LoopNestEngine):
         return self.mem(f"fb{l}", unsigned(vw + _bits(cfg.n_classes)), len(words), words)
 
     def widths(self, plan):
-        cfg, f, layers = self._cfg, self._cfg.formats, self._layers
+        cfg, f = self._cfg, self._cfg.formats
 
         def mag(fmt):
             return max(-fmt.min_raw, fmt.max_raw)
@@ -320,7 +321,6 @@ class CNNEngine(LoopNestEngine):
             else:
                 t = 0
             bound = max(bound, t)
-        del layers
         return a_w, b_w, bound.bit_length() + 2
 
     def _lr(self, l):
@@ -402,12 +402,10 @@ class CNNEngine(LoopNestEngine):
             m.d.comb += [self.mul_a.eq(val), self.mul_b.eq(1), self.init.eq(0)]
             return
         # the running maximum and its first position, at stage A (one window element a cycle)
-        pmax = self._pool_regs.setdefault(l, (Signal(val.shape(), name=f"pool_max{l}"),
-                                              Signal(_bits(P * P), name=f"pool_arg{l}")))
-        take = self.first_d | (val > pmax[0])
-        m.d.comb += [self._pool_new[l][0].eq(Mux(take, val, pmax[0])),
-                     self._pool_new[l][1].eq(Mux(take, times_const(cd[3], P) + cd[4], pmax[1]))]
-        m.d.sync += [pmax[0].eq(self._pool_new[l][0]), pmax[1].eq(self._pool_new[l][1])]
+        (pmax, parg), (new_max, new_arg) = self._pool_regs[l], self._pool_new[l]
+        take = self.first_d | (val > pmax)          # strict: ties keep the first maximum
+        m.d.comb += [new_max.eq(Mux(take, val, pmax)), new_arg.eq(Mux(take, times_const(cd[3], P) + cd[4], parg))]
+        m.d.sync += [pmax.eq(new_max), parg.eq(new_arg)]
 
     def finish_POOL(self, p):
         m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer

@@ -122,8 +122,6 @@ class Engine(wiring.Component):
         # Without initial contents the weight memories start at zero and the host loads
         # them (faster Verilator builds for large networks).
         self._init_parameters = init_parameters
-        f = cfg.formats
-        C = cfg.n_classes
         self._addr = address_layout(cfg, self._P)
         self._data_width = host_data_width(cfg)
         super().__init__(engine_signature(cfg))

@@ -94,11 +94,10 @@ class UpdateLanes(wiring.Component):
         # Per layer: the learning rate (a shift, or one multiplier for all layers) and the
         # fraction bits of the product delta * h * lr.
         if cfg.lr_multiplier is None:
-            lr_raw, lr_width = 1, 1
+            lr_raw = 1
             lr_fracs = [cfg.lr_shift[lyr] for lyr in self._layers]
         else:
             lr_raw = int(f.learning_rate.from_float(cfg.lr_multiplier))
-            lr_width = f.learning_rate.width
             lr_fracs = [f.learning_rate.frac_bits] * len(self._layers)
         prod_fracs = [f.delta.frac_bits + lr_frac + x.frac_bits for lr_frac, x in zip(lr_fracs, self._x_fmts)]
         # A unit shared by several layers aligns every layer's product to the largest
