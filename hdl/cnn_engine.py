@@ -32,14 +32,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
 from amaranth.hdl import Const, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.lib import wiring
 
 from dfa_engine.cnn_config import CNNEngineConfig
+from dfa_engine.config import ConfigError
 
 from .arith import hardtanh, times_const
-from .engine import LABEL_BITS
+from .engine import stream_ports
 from .loopnest import LOOP_COUNTERS, LoopNestEngine, PassPlan, bits_for, flat, lut, schedule_cycles
 
 __all__ = ["CNNEngine", "cnn_engine_signature", "cnn_address_layout", "cnn_host_address", "CNN_COUNTERS",
@@ -84,8 +85,6 @@ def _as3(shape):
 def network_layers(cfg: CNNEngineConfig) -> list:
     """The conv/dense layers with their shapes and the pooling of their blocks; refuses what
     the engine does not implement, naming the field."""
-    from dfa_engine.config import ConfigError
-
     shapes = cfg.shapes
     out = []
     for l, i in enumerate(cfg.param_layers):
@@ -119,8 +118,6 @@ def network_layers(cfg: CNNEngineConfig) -> list:
 
 def check_engine_config(cfg: CNNEngineConfig) -> list:
     """The engine's limits beyond the configuration validator's; returns the layers."""
-    from dfa_engine.config import ConfigError
-
     for name, mode in (("forward", cfg.rounding_forward), ("backward", cfg.rounding_backward),
                        ("update", cfg.rounding_update)):
         if mode not in ("nearest", "trunc"):
@@ -152,21 +149,8 @@ def cnn_host_address(cfg: CNNEngineConfig, kind: str, layer: int = 0, row: int =
 
 
 def cnn_engine_signature(cfg: CNNEngineConfig) -> wiring.Signature:
-    """The same four streams as the MLP engine (:func:`~dfa_engine.hdl.engine.engine_signature`)."""
-    f, C = cfg.formats, cfg.n_classes
-    addr_width = sum(cnn_address_layout(cfg).values())
-    data_width = max(32, f.weight.width, f.bias.width)
-    return wiring.Signature({
-        "sample": In(stream.Signature(data.StructLayout({
-            "data": f.input.amaranth_shape(), "label": LABEL_BITS, "train": 1}))),
-        "result": Out(stream.Signature(data.StructLayout({
-            "prediction": _bits(C), "e": data.ArrayLayout(f.error.amaranth_shape(), C),
-            "trained": 1, "rejected": 1}))),
-        "host_req": In(stream.Signature(data.StructLayout({
-            "address": addr_width, "write": 1, "data": signed(data_width)}))),
-        "host_resp": Out(stream.Signature(data.StructLayout({
-            "data": signed(data_width), "error": 1}))),
-    })
+    """The same four streams as the MLP engine (:func:`~dfa_engine.hdl.engine.stream_ports`)."""
+    return stream_ports(cfg, sum(cnn_address_layout(cfg).values()))
 
 
 # ---- the schedule --------------------------------------------------------------------------------
@@ -228,7 +212,11 @@ class CNNEngine(LoopNestEngine):
         from dfa_engine.sim.golden_cnn import initial_cnn_parameters
 
         self._cfg = cfg
-        self._layers = check_engine_config(cfg)
+        try:
+            self._layers = check_engine_config(cfg)
+        except ConfigError:
+            self._MustUse__silence = True     # refused, never to be elaborated: no "unused" warning
+            raise
         self._params = initial_cnn_parameters(cfg) if params is None else params
         self._init_parameters = init_parameters
         self._addr = cnn_address_layout(cfg)
@@ -242,6 +230,9 @@ class CNNEngine(LoopNestEngine):
 
     def load_port(self):
         return self.xmem[0]
+
+    def delta_out_port(self):
+        return self.dmem[-1]
 
     def parameter_ports(self):
         return [(self.wmem[l], self.bmem[l], Ly.n_weights, Ly.h_shape[0]) for l, Ly in enumerate(self._layers)]
@@ -322,12 +313,6 @@ class CNNEngine(LoopNestEngine):
                 t = 0
             bound = max(bound, t)
         return a_w, b_w, bound.bit_length() + 2
-
-    def _lr(self, l):
-        cfg, f = self._cfg, self._cfg.formats
-        if cfg.lr_multiplier is None:
-            return 1, cfg.lr_shift[l]
-        return int(f.learning_rate.from_float(cfg.lr_multiplier)), f.learning_rate.frac_bits
 
     # ---- forward: conv / dense, activation, mask -------------------------------------------
     def _conv_input(self, Ly, co, ci, oy, ox, ky, kx):
@@ -423,19 +408,6 @@ class CNNEngine(LoopNestEngine):
         am = self.argmem[l]
         m.d.comb += [dest.w.data.eq(self.late(new_max)), am.w.addr.eq(out), am.w.data.eq(self.late(new_arg)),
                      am.w.en.eq(self.finishing)]
-
-    def issue_DOUT(self, p):
-        pass
-
-    def stage_DOUT(self, p):
-        pass
-
-    def finish_DOUT(self, p):
-        m, cfg, f = self.m, self._cfg, self._cfg.formats
-        rq = self.rq(self.oe.e[self.cf[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
-        dm = self.dmem[p.layer]
-        m.d.comb += [dm.w.addr.eq(self.cf[0]), dm.w.data.eq(rq.o), dm.w.en.eq(1)]
-        self.sat(rq.saturated)
 
     def issue_DFA(self, p):
         m, Ly, c = self.m, self._layers[p.layer], self.c
@@ -573,13 +545,9 @@ class CNNEngine(LoopNestEngine):
         self.m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(self.xmem[l].r.data), self.init.eq(0)]
 
     def finish_UPD(self, p):
-        cfg, f, l = self._cfg, self._cfg.formats, p.layer
+        f, l = self._cfg.formats, p.layer
         Ly = self._layers[l]
-        lr, lr_frac = self._lr(l)
-        scaled = times_const(self.total, lr) if lr != 1 else self.total
-        width = self.acc_w + max(lr, 1).bit_length() + 1
-        rq = self.rq(scaled, f.delta.frac_bits + lr_frac + self.in_fmt[l].frac_bits, f.update, cfg.rounding_update,
-                     width=width)
+        rq = self.lr_step(l, f.delta.frac_bits + self.in_fmt[l].frac_bits, f.update)
         K = Ly.kernel
         dims = (Ly.h_shape[:1] + Ly.in_shape[:1] if Ly.kind == "dense"
                 else (Ly.h_shape[0], Ly.in_shape[0] // Ly.groups, K, K))
@@ -597,10 +565,7 @@ class CNNEngine(LoopNestEngine):
         self.m.d.comb += [self.mul_a.eq(self.dmem[l].r.data), self.mul_b.eq(1), self.init.eq(0)]
 
     def finish_UPDB(self, p):
-        cfg, f, l = self._cfg, self._cfg.formats, p.layer
-        lr, lr_frac = self._lr(l)
-        scaled = times_const(self.total, lr) if lr != 1 else self.total
-        width = self.acc_w + max(lr, 1).bit_length() + 1
-        rq = self.rq(scaled, f.delta.frac_bits + lr_frac, f.bias, cfg.rounding_update, width=width)
+        f, l = self._cfg.formats, p.layer
+        rq = self.lr_step(l, f.delta.frac_bits, f.bias)
         self.update_step(p, self.bmem[l], rq.o, rq.saturated, f.bias, lambda c: c[0])
 

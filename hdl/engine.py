@@ -43,7 +43,7 @@ from .output_error import OutputError
 from .update import UPDATE_LATENCY, UpdateLanes
 
 __all__ = ["Engine", "address_layout", "host_address", "COUNTERS", "LABEL_BITS", "host_data_width",
-           "engine_signature"]
+           "engine_signature", "stream_ports"]
 
 #: Read-only counters at ``kind = 2``, by index.
 COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
@@ -85,8 +85,13 @@ def engine_signature(cfg: EngineConfig) -> wiring.Signature:
     """The engine's ports (its four streams), from the engine's side: the one definition
     that the engine, the host link (``boards/link.py``) and the host's frame layouts
     (``dfa_engine/link_format.py``) share."""
+    return stream_ports(cfg, sum(address_layout(cfg, cfg.lanes).values()))
+
+
+def stream_ports(cfg, addr_width: int) -> wiring.Signature:
+    """The four streams of every generated engine (MLP, CNN, RNN) for ``cfg``'s formats and
+    classes, with a host address of ``addr_width`` bits."""
     f, C = cfg.formats, cfg.n_classes
-    addr_width = sum(address_layout(cfg, cfg.lanes).values())
     data_width = host_data_width(cfg)
     return wiring.Signature({
         "sample": In(stream.Signature(data.StructLayout({

@@ -236,6 +236,40 @@ class LoopNestEngine(wiring.Component):
         memo[key] = (value, cur)      # (keeps value alive: its id stays unique)
         return cur
 
+    def learning_rate(self, layer) -> tuple:
+        """``(lr_raw, F_lr)`` of ``layer`` (section 6: a shift, or one multiplier)."""
+        cfg, f = self._cfg, self._cfg.formats
+        if cfg.lr_multiplier is None:
+            return 1, cfg.lr_shift[layer]
+        return int(f.learning_rate.from_float(cfg.lr_multiplier)), f.learning_rate.frac_bits
+
+    def lr_step(self, layer, frac, fmt):
+        """``requantize(lr * total, frac + F_lr, fmt)`` with ``rounding.update``: the rounded
+        step of a weight (``fmt`` = update) or bias (``fmt`` = bias) whose exact gradient sum
+        :attr:`total` has ``frac`` fraction bits."""
+        lr, lr_frac = self.learning_rate(layer)
+        scaled = times_const(self.total, lr) if lr != 1 else self.total
+        return self.rq(scaled, frac + lr_frac, fmt, self._cfg.rounding_update,
+                       width=self.acc_w + max(lr, 1).bit_length() + 1)
+
+    # ---- the output layer's delta: delta_L = requantize(e), one class a cycle (no terms)
+    def delta_out_port(self):
+        """The memory of ``delta_L`` (one element per class)."""
+        raise NotImplementedError
+
+    def issue_DOUT(self, p):
+        pass
+
+    def stage_DOUT(self, p):
+        pass
+
+    def finish_DOUT(self, p):
+        cfg, f = self._cfg, self._cfg.formats
+        rq = self.rq(self.oe.e[self.cf[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
+        port = self.delta_out_port()
+        self.m.d.comb += [port.w.addr.eq(self.cf[0]), port.w.data.eq(rq.o), port.w.en.eq(1)]
+        self.sat(rq.saturated)
+
     def update_step(self, p, port, step, step_saturated, fmt, addr):
         """The update's stage D and E: ``step`` (the rounded, saturated ``dW`` or ``db`` at
         stage D) and the old value are registered; at E ``port[addr] = sat_fmt(old - step)``

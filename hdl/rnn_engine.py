@@ -28,15 +28,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from amaranth.hdl import Const, Mux, signed, unsigned
-from amaranth.lib import data, stream, wiring
-from amaranth.lib.wiring import In, Out
+from amaranth.hdl import Const, Mux, unsigned
+from amaranth.lib import wiring
 
 from dfa_engine.config import ConfigError
 from dfa_engine.rnn_config import RNNEngineConfig
 
 from .arith import hardtanh, times_const
-from .engine import LABEL_BITS
+from .engine import stream_ports
 from .loopnest import LOOP_COUNTERS, PIPELINE_DEPTH, LoopNestEngine, PassPlan, bits_for, schedule_cycles
 
 __all__ = ["RNNEngine", "rnn_engine_signature", "rnn_address_layout", "rnn_host_address", "RNN_COUNTERS",
@@ -74,23 +73,23 @@ def rnn_host_address(cfg: RNNEngineConfig, kind: str, layer: int = 0, row: int =
 
 
 def rnn_engine_signature(cfg: RNNEngineConfig) -> wiring.Signature:
-    """The same four streams as the MLP engine."""
-    f, C = cfg.formats, cfg.n_classes
-    return wiring.Signature({
-        "sample": In(stream.Signature(data.StructLayout({
-            "data": f.input.amaranth_shape(), "label": LABEL_BITS, "train": 1}))),
-        "result": Out(stream.Signature(data.StructLayout({
-            "prediction": bits_for(C), "e": data.ArrayLayout(f.error.amaranth_shape(), C),
-            "trained": 1, "rejected": 1}))),
-        "host_req": In(stream.Signature(data.StructLayout({
-            "address": sum(rnn_address_layout(cfg).values()), "write": 1,
-            "data": signed(max(32, f.weight.width, f.bias.width))}))),
-        "host_resp": Out(stream.Signature(data.StructLayout({
-            "data": signed(max(32, f.weight.width, f.bias.width)), "error": 1}))),
-    })
+    """The same four streams as the MLP engine (:func:`~dfa_engine.hdl.engine.stream_ports`)."""
+    return stream_ports(cfg, sum(rnn_address_layout(cfg).values()))
 
 
 def _check(cfg: RNNEngineConfig):
+    if cfg.method == "bptt" and min(cfg.window, cfg.steps) > 1 and cfg.hidden < PIPELINE_DEPTH + 1:
+        # BPTT's step t reads delta_{t+1}[H-1] H cycles after it was issued
+        raise ConfigError("network.hidden", cfg.hidden,
+                          f"is too small for BPTT on this engine: at least {PIPELINE_DEPTH + 1} (the pipeline's "
+                          f"depth + 1)")
+    if cfg.inputs + cfg.hidden < PIPELINE_DEPTH + 1:
+        # step t reads h_{t-1}[H-1] I + H cycles after step t-1 issued it, and the pipeline
+        # writes it PIPELINE_DEPTH cycles after its issue
+        raise ConfigError("network.hidden", cfg.hidden,
+                          f"is too small: inputs + hidden must be at least {PIPELINE_DEPTH + 1} for the "
+                          f"engine's pipeline (the recurrence reads a state {cfg.inputs + cfg.hidden} cycles "
+                          f"after it is issued)")
     for name, mode in (("forward", cfg.rounding_forward), ("backward", cfg.rounding_backward),
                        ("update", cfg.rounding_update)):
         if mode not in ("nearest", "trunc"):
@@ -127,19 +126,11 @@ class RNNEngine(LoopNestEngine):
     def __init__(self, cfg: RNNEngineConfig, params=None, init_parameters: bool = True):
         from dfa_engine.sim.golden_rnn import initial_rnn_parameters
 
-        _check(cfg)
-        if cfg.method == "bptt" and min(cfg.window, cfg.steps) > 1 and cfg.hidden < PIPELINE_DEPTH + 1:
-            # BPTT's step t reads delta_{t+1}[H-1] H cycles after it was issued
-            raise ConfigError("network.hidden", cfg.hidden,
-                              f"is too small for BPTT on this engine: at least {PIPELINE_DEPTH + 1} (the pipeline's "
-                              f"depth + 1)")
-        if cfg.inputs + cfg.hidden < PIPELINE_DEPTH + 1:
-            # step t reads h_{t-1}[H-1] I + H cycles after step t-1 issued it, and the
-            # pipeline writes it PIPELINE_DEPTH cycles after its issue
-            raise ConfigError("network.hidden", cfg.hidden,
-                              f"is too small: inputs + hidden must be at least {PIPELINE_DEPTH + 1} for the "
-                              f"engine's pipeline (the recurrence reads a state {cfg.inputs + cfg.hidden} cycles "
-                              f"after it is issued)")
+        try:
+            _check(cfg)
+        except ConfigError:
+            self._MustUse__silence = True     # refused, never to be elaborated: no "unused" warning
+            raise
         self._cfg = cfg
         self._K = min(cfg.window, cfg.steps)
         self._params = rnn_host_parameters(initial_rnn_parameters(cfg) if params is None else params)
@@ -155,6 +146,9 @@ class RNNEngine(LoopNestEngine):
 
     def load_port(self):
         return self.xmem
+
+    def delta_out_port(self):
+        return self.d2mem
 
     def parameter_ports(self):
         (r1, c1), (r2, c2) = rnn_matrix_shapes(self._cfg)
@@ -195,9 +189,6 @@ class RNNEngine(LoopNestEngine):
                     f.error.width + f.feedback.width + math.ceil(math.log2(cfg.classes + 1)),
                     a_w + b_w + math.ceil(math.log2(min(cfg.window, cfg.steps) + 1))) + 2
         return a_w, b_w, acc_w
-
-    def _lr(self, layer):
-        return self._cfg.lr(layer)
 
     # ---- forward: the recurrent steps ---------------------------------------------------
     def issue_REC(self, p):
@@ -263,18 +254,6 @@ class RNNEngine(LoopNestEngine):
         with m.If(self.finishing):
             self.sat(rq.saturated)
             m.d.comb += [self.oe.y_wr.en.eq(1), self.oe.y_wr.group.eq(self.cf[0]), self.oe.y_wr.value[0].eq(rq.o)]
-
-    def issue_DOUT(self, p):
-        pass
-
-    def stage_DOUT(self, p):
-        pass
-
-    def finish_DOUT(self, p):
-        m, cfg, f = self.m, self._cfg, self._cfg.formats
-        rq = self.rq(self.oe.e[self.cf[0]], f.error.frac_bits, f.delta, cfg.rounding_backward, width=f.error.width)
-        m.d.comb += [self.d2mem.w.addr.eq(self.cf[0]), self.d2mem.w.data.eq(rq.o), self.d2mem.w.en.eq(1)]
-        self.sat(rq.saturated)
 
     def issue_PROJ(self, p):
         i, c = self.c[:2]
@@ -342,11 +321,7 @@ class RNNEngine(LoopNestEngine):
         """``port[addr] = sat_fmt(port[addr] - sat_target(round(lr * total)))`` (``target``: the
         update format for weights, the bias format for biases; ``addr`` a function of the
         counters), through the base's stages D and E."""
-        cfg, f = self._cfg, self._cfg.formats
-        lr, lr_frac = self._lr(layer)
-        scaled = times_const(self.total, lr) if lr != 1 else self.total
-        width = self.acc_w + max(lr, 1).bit_length() + 1
-        rq = self.rq(scaled, f.delta.frac_bits + lr_frac + in_frac, target, cfg.rounding_update, width=width)
+        rq = self.lr_step(layer, self._cfg.formats.delta.frac_bits + in_frac, target)
         self.update_step(p, port, rq.o, rq.saturated, fmt, addr)
 
     def issue_UPD2(self, p):
@@ -408,12 +383,8 @@ class RNNEngine(LoopNestEngine):
         cfg, f = self._cfg, self._cfg.formats
         I, H = cfg.inputs, cfg.hidden
         is_x = self.cf[1] < I
-        lr, lr_frac = self._lr(0)
-        scaled = times_const(self.total, lr) if lr != 1 else self.total
-        width = self.acc_w + max(lr, 1).bit_length() + 1
-        base = f.delta.frac_bits + lr_frac
-        rq_x = self.rq(scaled, base + f.input.frac_bits, f.update, cfg.rounding_update, width=width)
-        rq_h = self.rq(scaled, base + f.activation.frac_bits, f.update, cfg.rounding_update, width=width)
+        rq_x = self.lr_step(0, f.delta.frac_bits + f.input.frac_bits, f.update)
+        rq_h = self.lr_step(0, f.delta.frac_bits + f.activation.frac_bits, f.update)
         self.update_step(p, self.w1, Mux(is_x, rq_x.o, rq_h.o), Mux(is_x, rq_x.saturated, rq_h.saturated),
                          f.weight, lambda c: times_const(c[0], I + H) + c[1])
 

@@ -78,3 +78,28 @@ def run_engine(cfg, samples, labels, train=True, params=None, seed=0, idle=0.0, 
     sim.add_testbench(bench)
     sim.run()
     return results, params_out, counters
+
+
+def cycles_after_load(dut, x, label: int, train: bool = True) -> int:
+    """Clock cycles from the last input transfer of one sample to its result (the engine's
+    compute time for that sample), measured in Amaranth's simulator."""
+    took = {}
+
+    async def bench(ctx):
+        for v in np.asarray(x).reshape(-1):
+            ctx.set(dut.sample.payload, {"data": int(v), "label": int(label), "train": int(train)})
+            ctx.set(dut.sample.valid, 1)
+            await ctx.tick().until(dut.sample.ready)
+        ctx.set(dut.sample.valid, 0)
+        ctx.set(dut.result.ready, 1)
+        n = 0
+        while not ctx.get(dut.result.valid):
+            await ctx.tick()
+            n += 1
+        took["cycles"] = n
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    return took["cycles"]

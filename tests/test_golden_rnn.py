@@ -360,7 +360,7 @@ def test_config_errors():
     assert _bad(lambda d: N(d).update(window=40)) == "network.window: 40 is out of range; must be 1 <= window <= 28"
     assert _bad(lambda d: N(d).update(window="first")) == (
         "network.window: 'first' must be \"all\", \"last\" or an integer number of steps")
-    assert _bad(lambda d: N(d).update(method="bptt")) == "network.method: 'bptt' must be one of dfa"
+    assert _bad(lambda d: N(d).update(method="rtrl")) == "network.method: 'rtrl' must be one of dfa, bptt"
     assert _bad(lambda d: N(d).update(hiden=64)).startswith("network.hiden: 64 is not a known field; known: ")
     assert _bad(lambda d: N(d).update(hidden=0)) == "network.hidden: 0 is out of range; must be 1 <= hidden <= 65536"
     assert _bad(lambda d: d.update(rounding={"update": "stochastic"})) == (

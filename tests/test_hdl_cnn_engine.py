@@ -18,8 +18,10 @@ from dfa_engine.cnn_config import cnn_config_from_dict
 from dfa_engine.config import ConfigError
 from dfa_engine.hdl.cnn_engine import (CNN_COUNTERS, CNNEngine, cnn_address_layout, cnn_cycles, cnn_host_address,
                                        schedule)
-from dfa_engine.sim.amaranth_tb import run_engine
+from dfa_engine.sim.amaranth_tb import cycles_after_load, run_engine
 from dfa_engine.sim.golden_cnn import GoldenCNN, initial_cnn_parameters
+
+from _golden_compare import assert_matches_golden, golden_run
 
 FORMATS = {"input": "u0.8", "weight": "s1.14", "bias": "s1.14", "activation": "s5.10", "error": "s1.14",
            "feedback": "s1.6", "delta": "s1.14", "update": "s1.14", "learning_rate": "u0.16"}
@@ -78,18 +80,6 @@ VARIANTS = {
 }
 
 
-def golden_run(cfg, X, Y, train):
-    g = GoldenCNN(cfg)
-    out = []
-    for x, y, t in zip(X, Y, train):
-        if t and 0 <= y < cfg.n_classes:
-            p = g.train_step(x, int(y))
-            out.append((p, [int(v) for v in g.last_error], 1, 0))
-        else:
-            out.append((g.predict(x), None, 0, int(t)))
-    return g, out
-
-
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_engine_matches_golden_model(name):
     cfg = VARIANTS[name]
@@ -99,14 +89,7 @@ def test_engine_matches_golden_model(name):
     train = [True] * 4
     results, params, counters = run_engine(cfg, X, Y, train=train, idle=0.2, backpressure=0.3, seed=1)
     g, want = golden_run(cfg, X, Y, train)
-    for s, (got, exp) in enumerate(zip(results, want)):
-        assert got[0] == exp[0], f"sample {s}: prediction {got[0]} != golden {exp[0]}"
-        assert got[2:] == exp[2:], f"sample {s}: trained/rejected {got[2:]} != golden {exp[2:]}"
-        if exp[1] is not None:
-            assert got[1] == exp[1], f"sample {s}: output error differs"
-    for l, ((W, b), (Wg, bg)) in enumerate(zip(params, g.parameters())):
-        np.testing.assert_array_equal(W, Wg.reshape(W.shape), err_msg=f"W{l + 1}")
-        np.testing.assert_array_equal(b, bg, err_msg=f"b{l + 1}")
+    assert_matches_golden(results, params, want, g.parameters())
     # every layer learnt something (so the comparison above is not of untouched weights)
     for l, ((W, b), (W0, _)) in enumerate(zip(params, initial_cnn_parameters(cfg))):
         assert (W != W0.reshape(W.shape)).any(), f"W{l + 1} never changed"
@@ -163,7 +146,6 @@ def test_host_map_refusals_and_writes():
     assert params[0][0][1, 1] == W0[0][0].reshape(4, -1)[1, 1] and params[1][1][1] == W0[1][1][1]
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_engine_refuses_what_it_does_not_implement():
     with pytest.raises(ConfigError, match="rounding.update.*stochastic|stochastic"):
         CNNEngine(GROUPED.with_(rounding_update="stochastic"))
@@ -173,40 +155,14 @@ def test_engine_refuses_what_it_does_not_implement():
 
 def test_cycle_count_is_the_schedule():
     """The cycles a training sample takes in the engine are the schedule's count."""
-    from amaranth.sim import Simulator
-
     cfg = GROUPED
     fwd, bwd = schedule(cfg)
     # the schedule's passes are the golden model's loops: a forward conv pass has one term
     # per multiply-accumulate of the convolution
     assert fwd[0].cycles == 4 * 8 * 8 * 1 * 3 * 3
     X, Y = digits(1, offset=80)
-    dut = CNNEngine(cfg)
-    took = {}
-
-    async def bench(ctx):
-        x = X[0].reshape(-1)
-        start = None
-        for j, v in enumerate(x):
-            ctx.set(dut.sample.payload, {"data": int(v), "label": int(Y[0]), "train": 1})
-            ctx.set(dut.sample.valid, 1)
-            await ctx.tick().until(dut.sample.ready)
-            if start is None:
-                start = 0
-        ctx.set(dut.sample.valid, 0)
-        ctx.set(dut.result.ready, 1)
-        n = 0
-        while not ctx.get(dut.result.valid):
-            await ctx.tick()
-            n += 1
-        took["after_load"] = n
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
     cyc = cnn_cycles(cfg)
-    assert took["after_load"] == cyc["train_sample"] - cyc["load"] - cyc["result"]
+    assert cycles_after_load(CNNEngine(cfg), X[0], Y[0]) == cyc["train_sample"] - cyc["load"] - cyc["result"]
 
 
 def test_max_pool_ties_route_to_the_first_maximum():

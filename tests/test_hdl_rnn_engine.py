@@ -16,8 +16,10 @@ from sklearn.datasets import load_digits
 from dfa_engine.config import ConfigError
 from dfa_engine.hdl.rnn_engine import RNNEngine, rnn_cycles, rnn_host_address, rnn_host_parameters, rnn_schedule
 from dfa_engine.rnn_config import rnn_config_from_dict
-from dfa_engine.sim.amaranth_tb import run_engine
-from dfa_engine.sim.golden_rnn import GoldenRNN, initial_rnn_parameters
+from dfa_engine.sim.amaranth_tb import cycles_after_load, run_engine
+from dfa_engine.sim.golden_rnn import initial_rnn_parameters
+
+from _golden_compare import assert_matches_golden, golden_run
 
 FORMATS = {"input": "u0.8", "weight": "s1.14", "bias": "s1.14", "activation": "s5.10", "error": "s1.14",
            "feedback": "s1.6", "delta": "s1.14", "update": "s1.14", "learning_rate": "u0.16"}
@@ -63,17 +65,6 @@ VARIANTS = {
 }
 
 
-def golden_run(cfg, X, Y, train):
-    g = GoldenRNN(cfg)
-    out = []
-    for x, y, t in zip(X, Y, train):
-        if t and 0 <= y < cfg.classes:
-            out.append((g.train_step(x, int(y)), [int(v) for v in g.last_error], 1, 0))
-        else:
-            out.append((g.predict(x), None, 0, int(t)))
-    return g, out
-
-
 @pytest.mark.parametrize("name", sorted(VARIANTS))
 def test_engine_matches_golden_model(name):
     cfg = VARIANTS[name]
@@ -82,15 +73,7 @@ def test_engine_matches_golden_model(name):
     train = [True, True, True, True]
     results, params, counters = run_engine(cfg, X, Y, train=train, idle=0.2, backpressure=0.3, seed=2)
     g, want = golden_run(cfg, X, Y, train)
-    for s, (got, exp) in enumerate(zip(results, want)):
-        assert got[0] == exp[0], f"sequence {s}: prediction {got[0]} != golden {exp[0]}"
-        assert got[2:] == exp[2:], f"sequence {s}: trained/rejected {got[2:]} != golden {exp[2:]}"
-        if exp[1] is not None:
-            assert got[1] == exp[1], f"sequence {s}: output error differs"
-    gp = rnn_host_parameters(g.parameters())
-    for l, ((W, b), (Wg, bg)) in enumerate(zip(params, gp)):
-        np.testing.assert_array_equal(W, Wg, err_msg=f"W{l + 1}")
-        np.testing.assert_array_equal(b, bg, err_msg=f"b{l + 1}")
+    assert_matches_golden(results, params, want, rnn_host_parameters(g.parameters()))
     # the recurrent weights (both halves), the readout and both biases all learnt something
     (W1, b1), (W2, b2) = params
     init = initial_rnn_parameters(cfg)
@@ -126,43 +109,26 @@ def test_host_map_writes_and_refusals():
     assert params[1][0][0, 0] == init["W2"][0, 0]
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
-def test_engine_refuses_stochastic_rounding():
+def test_engine_refuses_what_it_cannot_run():
+    """Stochastic rounding, and recurrences too short for the pipeline (a state read back
+    before it is written), are refused with the field and the reason."""
     with pytest.raises(ConfigError, match="rounding.update"):
         RNNEngine(DENSE.with_(rounding_update="stochastic"))
+    with pytest.raises(ConfigError, match=r"network.hidden: 3 is too small: inputs \+ hidden must be at least 7"):
+        RNNEngine(DENSE.with_(inputs=2, hidden=3))
+    with pytest.raises(ConfigError, match="network.hidden: 4 is too small for BPTT on this engine: at least 7"):
+        RNNEngine(DENSE.with_(hidden=4, method="bptt"))
 
 
 def test_cycle_count_is_the_schedule():
     """A training sequence takes the schedule's cycles (``rnn_cycles``), measured in the
     simulator between the last input transfer and the result."""
-    from amaranth.sim import Simulator
-
     cfg = DENSE
     fwd, _ = rnn_schedule(cfg)
     assert fwd[0].cycles == cfg.steps * cfg.hidden * (cfg.inputs + cfg.hidden)   # every MAC of the recurrence
     X, Y = rows(1, offset=70)
-    dut = RNNEngine(cfg)
-    took = {}
-
-    async def bench(ctx):
-        for v in X[0].reshape(-1):
-            ctx.set(dut.sample.payload, {"data": int(v), "label": int(Y[0]), "train": 1})
-            ctx.set(dut.sample.valid, 1)
-            await ctx.tick().until(dut.sample.ready)
-        ctx.set(dut.sample.valid, 0)
-        ctx.set(dut.result.ready, 1)
-        n = 0
-        while not ctx.get(dut.result.valid):
-            await ctx.tick()
-            n += 1
-        took["after_load"] = n
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    sim.add_testbench(bench)
-    sim.run()
     cyc = rnn_cycles(cfg)
-    assert took["after_load"] == cyc["train_sample"] - cyc["load"] - cyc["result"]
+    assert cycles_after_load(RNNEngine(cfg), X[0], Y[0]) == cyc["train_sample"] - cyc["load"] - cyc["result"]
 
 
 # ---- Verilator: 100 real sequences per network ----------------------------------------------
