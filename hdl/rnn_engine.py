@@ -11,7 +11,9 @@ One Elman recurrent layer trained by DFA through time and a dense readout of its
            activation and mask: ``h_t`` and ``m_t`` stored for every step;
 ``OUT``    the readout of ``h_T`` into the output-error unit (the MLP's);
 ``ERR``    ``e`` and the prediction;
-``DOUT``   ``delta_2``; ``PROJ`` ``g = requantize(B e)`` (``B`` in a ROM, ``H x C``);
+``DOUT``   ``delta_2``; ``PROJ`` ``g = requantize(B e)``: dense ``B`` a ROM of ``H x C`` values,
+           ``C`` terms a row; sparse ``B`` its ``(index, value)`` lists, ``k`` terms a row
+           (a sparse matrix-vector product: ``e[index] * value``);
 ``UPD2``, ``UPDB2``  the readout's update;
 ``UPD1``   every ``W1[i, j]``: the exact sum over the window's steps of
            ``(m_t[i] ? g[i] : 0) * [x_t; h_{t-1}][j]``, then one rounding (``W_x``'s and
@@ -105,7 +107,8 @@ def rnn_schedule(cfg: RNNEngineConfig) -> tuple:
         # section 13.8: W_2^T delta_2 into the last step, then K - 1 steps of W_h^T back in time
         deltas = [PassPlan("BPTO", 0, (H,), (C,))] + ([PassPlan("BPTH", 0, (K - 1, H), (H,))] if K > 1 else [])
     else:
-        deltas = [PassPlan("PROJ", 0, (H,), (C,))]
+        # dense: every class of a row; sparse: the row's k (index, value) entries
+        deltas = [PassPlan("PROJ", 0, (H,), (C if cfg.feedback.kind == "dense" else cfg.feedback.k,))]
     bwd = [PassPlan("DOUT", 1, (C,), (1,)), *deltas,
            PassPlan("UPD2", 1, (C, H), (1,)), PassPlan("UPDB2", 1, (C,), (1,)),
            PassPlan("UPD1", 0, (H, I + H), (K,)), PassPlan("UPDB1", 0, (H,), (K,))]
@@ -155,7 +158,7 @@ class RNNEngine(LoopNestEngine):
         return [(self.w1, self.b1, r1 * c1, r1), (self.w2, self.b2, r2 * c2, r2)]
 
     def build_memories(self):
-        from dfa_engine.feedback import feedback_matrix
+        from dfa_engine.feedback import feedback_matrix, sparse_feedback
 
         cfg, f = self._cfg, self._cfg.formats
         T, I, H, C = cfg.steps, cfg.inputs, cfg.hidden, cfg.classes
@@ -175,7 +178,19 @@ class RNNEngine(LoopNestEngine):
         self.gmem = mem("g", f.delta.amaranth_shape(), H)
         self.d2mem = mem("delta2", f.delta.amaranth_shape(), C)
         B = feedback_matrix(cfg.feedback_engine_config(), 0)
-        self.brom = mem("B", f.feedback.amaranth_shape(), H * C, [int(v) for v in B.reshape(-1)])
+        if cfg.feedback.kind == "dense":
+            self.brom = mem("B", f.feedback.amaranth_shape(), H * C, [int(v) for v in B.reshape(-1)])
+        else:
+            # the (index, value) lists, word r * k + m = {index, value}: the same B (checked)
+            sp = sparse_feedback(cfg.feedback_engine_config(), 0)
+            values = np.where(sp.sign == 1, -sp.magnitude, sp.magnitude)
+            dense = np.zeros_like(B)
+            np.add.at(dense, (np.arange(H)[:, None].repeat(cfg.feedback.k, 1), sp.index), values)
+            if not np.array_equal(dense, B):      # one definition of B: the lists must be the matrix
+                raise RuntimeError("the sparse feedback lists do not add up to feedback_matrix's B")
+            vw = f.feedback.width
+            words = [(int(i) << vw) | (int(v) & ((1 << vw) - 1)) for i, v in zip(sp.index.reshape(-1), values.reshape(-1))]
+            self.brom = mem("B", unsigned(vw + bits_for(C)), H * cfg.feedback.k, words)
         if cfg.method == "bptt":
             # delta_t of the window's steps (slot k = step T - K + k), written top-down
             self.d1mem = mem("delta1", f.delta.amaranth_shape(), self._K * H)
@@ -257,10 +272,17 @@ class RNNEngine(LoopNestEngine):
 
     def issue_PROJ(self, p):
         i, c = self.c[:2]
-        self.m.d.comb += self.brom.r.addr.eq(times_const(i, self._cfg.classes) + c)
+        cfg = self._cfg
+        per_row = cfg.classes if cfg.feedback.kind == "dense" else cfg.feedback.k
+        self.m.d.comb += self.brom.r.addr.eq(times_const(i, per_row) + c)
 
     def stage_PROJ(self, p):
-        self.m.d.comb += [self.mul_a.eq(self.brom.r.data), self.mul_b.eq(self.oe.e[self.cd[1]]), self.init.eq(0)]
+        if self._cfg.feedback.kind == "dense":
+            value, index = self.brom.r.data, self.cd[1]
+        else:
+            vw = self._cfg.formats.feedback.width
+            value, index = self.brom.r.data[:vw].as_signed(), self.brom.r.data[vw:]
+        self.m.d.comb += [self.mul_a.eq(value), self.mul_b.eq(self.oe.e[index]), self.init.eq(0)]
 
     def finish_PROJ(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats

@@ -126,6 +126,11 @@ def test_cycle_count_is_the_schedule():
     cfg = DENSE
     fwd, _ = rnn_schedule(cfg)
     assert fwd[0].cycles == cfg.steps * cfg.hidden * (cfg.inputs + cfg.hidden)   # every MAC of the recurrence
+    # B e: C terms a row with dense feedback, the row's k (index, value) entries with sparse
+    proj = {name: [p for p in rnn_schedule(VARIANTS[name])[1] if p.kind == "PROJ"][0]
+            for name in ("dense_fixed_window3", "sparse_pow2_relu_all_steps_trunc")}
+    assert proj["dense_fixed_window3"].inner == (cfg.classes,)
+    assert proj["sparse_pow2_relu_all_steps_trunc"].inner == (SPARSE.feedback.k,)
     X, Y = rows(1, offset=70)
     cyc = rnn_cycles(cfg)
     assert cycles_after_load(RNNEngine(cfg), X[0], Y[0]) == cyc["train_sample"] - cyc["load"] - cyc["result"]
