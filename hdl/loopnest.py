@@ -4,8 +4,8 @@ The CNN and RNN engines (``hdl/cnn_engine.py``, ``hdl/rnn_engine.py``) are built
 step of their golden models is a sum of products over an index space followed by one
 rounding (or a loop with a max or a select in place of the sum), so a step is a *pass*:
 nested counters (outer loops = one output element, inner loops = its terms) issue block-RAM
-reads (registered once more behind the block RAM, :class:`RegisteredRead`), and a pipeline
-follows, one term a cycle:
+reads (with a register before and after the block RAM, :class:`RegisteredRead`), and a
+pipeline follows, one term a cycle:
 
 ``A``  the read data are here: the pass selects the multiplier's operands (``stage_K``);
 ``B``  the registered operands are multiplied;
@@ -52,9 +52,11 @@ __all__ = ["LoopNestEngine", "PassPlan", "LOOP_COUNTERS", "NON_MAC_PASSES", "PIP
 LOOP_COUNTERS = ("samples_trained", "samples_inferred", "rejected_labels", "rejected_addresses",
                  "saturation_events", "samples_received")
 COUNTER_MAX = 2**32 - 1
-#: Cycles from a term's issue to its last stage (E), and each pass's drain: the read, its
-#: register, then stages A to E.
-PIPELINE_DEPTH = 6
+#: Cycles from a term's issue to its read data at stage A: the address register, the
+#: block RAM's read, the data register.
+READ_LATENCY = 3
+#: Cycles from a term's issue to its last stage (E), and each pass's drain.
+PIPELINE_DEPTH = READ_LATENCY + 4
 #: Pass kinds whose terms are not multiply-accumulates (pooling, routing, delta_L).
 NON_MAC_PASSES = ("POOL", "ROUTE", "DOUT")
 
@@ -138,12 +140,13 @@ class Ports:
 
 
 class RegisteredRead:
-    """A block-RAM read port whose data is registered once more (``addr`` as the port's;
-    ``data`` two cycles after the address): the block RAM's output and the logic behind it
+    """A block-RAM read port with a register on each side: ``addr`` is registered before it
+    reaches the block RAM, and the data is registered once more after it (``data`` three
+    cycles after ``addr``). The address arithmetic, the block RAM and the logic behind it
     are then in separate cycles."""
 
-    def __init__(self, port, data):
-        self.addr, self.data, self.port = port.addr, data, port
+    def __init__(self, port, addr, data):
+        self.addr, self.data, self.port = addr, data, port
 
 
 class LoopNestEngine(wiring.Component):
@@ -191,9 +194,10 @@ class LoopNestEngine(wiring.Component):
         mm = memory.Memory(shape=shape, depth=max(depth, 2), init=init or [])
         self.m.submodules[name] = mm
         rp = mm.read_port()
+        addr = Signal.like(rp.addr, name=f"{name}_ra")
         data = Signal.like(rp.data, name=f"{name}_rd")
-        self._late_m.d.sync += data.eq(rp.data)
-        return Ports(RegisteredRead(rp, data), mm.write_port())
+        self._late_m.d.sync += [rp.addr.eq(addr), data.eq(rp.data)]
+        return Ports(RegisteredRead(rp, addr, data), mm.write_port())
 
     def rq(self, value, in_frac, fmt, mode, width=None):
         """A requantizer of ``value`` (width ``width``, default the accumulator's)."""
@@ -402,12 +406,16 @@ class LoopNestEngine(wiring.Component):
                                  last_term.eq(_all(at_max[n_out:])), last_issue.eq(_all(at_max))]
                     with m.If(issuing):
                         self._step(m, c, dims, len(dims) - 1)
-        # the issue's flags and counters, two cycles on (the read, its register): stage A
+        # the issue's flags and counters, three cycles on (the address register, the read,
+        # the data register): stage A
         flags = [(issuing, active_d), (first_term, self.first_d), (last_term, last_d), (valid, valid_d),
                  (cur, pass_d)] + [(c[k], cd[k]) for k in range(n_ctr)]
         for src, dst in flags:
-            mid = Signal.like(dst, name=f"{dst.name}_read")
-            m.d.sync += [mid.eq(src), dst.eq(mid)]
+            for n in range(READ_LATENCY - 1):
+                mid = Signal.like(dst, name=f"{dst.name}_read{n}")
+                m.d.sync += mid.eq(src)
+                src = mid
+            m.d.sync += dst.eq(src)
 
         # ---- host requests -------------------------------------------------------------------
         fi, fl = self._addr["index"], self._addr["layer"]
@@ -435,6 +443,7 @@ class LoopNestEngine(wiring.Component):
         first_bwd = len(fwd_plan)
         load = self.load_port()
         drain = Signal(range(PIPELINE_DEPTH))
+        host_wait = Signal(range(READ_LATENCY))
 
         with m.FSM():
             with m.State("IDLE"):
@@ -502,9 +511,12 @@ class LoopNestEngine(wiring.Component):
             with m.State("HOST_READ"):
                 m.d.comb += in_host.eq(1)
                 m.next = "HOST_WAIT"
-            with m.State("HOST_WAIT"):          # the read port's data register
+            with m.State("HOST_WAIT"):          # the address register, the read, the data register
                 m.d.comb += in_host.eq(1)
-                m.next = "HOST_ANSWER"
+                m.d.sync += host_wait.eq(host_wait + 1)
+                with m.If(host_wait == READ_LATENCY - 2):
+                    m.d.sync += host_wait.eq(0)
+                    m.next = "HOST_ANSWER"
             with m.State("HOST_ANSWER"):
                 # the read data of h_index is here: answer with it, and write when allowed
                 m.d.comb += in_host.eq(1)

@@ -14,6 +14,7 @@ import pytest
 from sklearn.datasets import load_digits
 
 from dfa_engine.config import ConfigError
+from dfa_engine.hdl.loopnest import PIPELINE_DEPTH
 from dfa_engine.hdl.rnn_engine import RNNEngine, rnn_cycles, rnn_host_address, rnn_host_parameters, rnn_schedule
 from dfa_engine.rnn_config import rnn_config_from_dict
 from dfa_engine.sim.amaranth_tb import cycles_after_load, run_engine
@@ -114,9 +115,10 @@ def test_engine_refuses_what_it_cannot_run():
     before it is written), are refused with the field and the reason."""
     with pytest.raises(ConfigError, match="rounding.update"):
         RNNEngine(DENSE.with_(rounding_update="stochastic"))
-    with pytest.raises(ConfigError, match=r"network.hidden: 3 is too small: inputs \+ hidden must be at least 7"):
+    need = PIPELINE_DEPTH + 1
+    with pytest.raises(ConfigError, match=rf"network.hidden: 3 is too small: inputs \+ hidden must be at least {need}"):
         RNNEngine(DENSE.with_(inputs=2, hidden=3))
-    with pytest.raises(ConfigError, match="network.hidden: 4 is too small for BPTT on this engine: at least 7"):
+    with pytest.raises(ConfigError, match=f"network.hidden: 4 is too small for BPTT on this engine: at least {need}"):
         RNNEngine(DENSE.with_(hidden=4, method="bptt"))
 
 
