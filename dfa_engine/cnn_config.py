@@ -168,6 +168,14 @@ class CNNEngineConfig:
             return self.formats.accumulator
         return max(self.required_accumulator_bits(i) for i in range(self.n_layers))
 
+    def lr(self, layer: int):
+        """``(lr_raw, F_lr)`` of parametrized layer ``layer`` (0-based), section 6: the shift
+        ``lr_shift[layer]``, or the one multiplier in the learning-rate format."""
+        if self.lr_multiplier is None:
+            return 1, self.lr_shift[layer]
+        f = self.formats.learning_rate
+        return int(f.from_float(self.lr_multiplier)), f.frac_bits
+
     @property
     def network_name(self) -> str:
         """The network as a spec string, e.g. ``conv4-mp2-conv4g2-ap2-fc10`` (``docs/cnn.md``)."""

@@ -14,8 +14,9 @@ pipeline follows, one term a cycle:
        models); the sum is registered;
 ``D``  on the last term of an output element the pass's finishing logic (``finish_K``)
        rounds, saturates, applies the activation and writes the result;
-``E``  for the weight and bias updates (``finish_e_K``): the rounded step, registered at
-       ``D``, is subtracted from the old value, saturated and written back.
+``E``  for the weight and bias updates (:meth:`LoopNestEngine.update_step`): the rounded
+       step, registered at ``D``, is subtracted from the old value, saturated and written
+       back.
 
 Every pass drains the pipeline (``PIPELINE_DEPTH`` cycles) before the next one issues, so a
 pass reads only what the passes before it wrote.
@@ -152,10 +153,12 @@ class RegisteredRead:
 class LoopNestEngine(wiring.Component):
     """Base of the loop-nest engines (see the module's text).
 
-    Subclasses set :attr:`_cfg`, :attr:`_addr` (``{"index", "layer", "kind"}`` bit widths)
-    and call ``super().__init__(signature)``; they implement :meth:`programs`,
-    :meth:`n_inputs`, :meth:`build_memories`, :meth:`widths`, :meth:`load_port`,
-    :meth:`parameter_ports` and the ``issue_K``/``stage_K`` pairs.
+    Subclasses set :attr:`_cfg` (a configuration with ``lr(layer)``), :attr:`_addr`
+    (``{"index", "layer", "kind"}`` bit widths) and call ``super().__init__(signature)``;
+    they implement :meth:`programs`, :meth:`n_inputs`, :meth:`build_memories`,
+    :meth:`widths`, :meth:`load_port`, :meth:`parameter_ports`, :meth:`delta_out_port` and,
+    per pass kind ``K`` other than ``DOUT``, ``issue_K``, ``stage_K`` and ``finish_K``
+    (an update's ``finish_K`` hands its write-back to :meth:`update_step`).
     """
 
     N_COUNTERS = 6
@@ -240,18 +243,11 @@ class LoopNestEngine(wiring.Component):
         memo[key] = (value, cur)      # (keeps value alive: its id stays unique)
         return cur
 
-    def learning_rate(self, layer) -> tuple:
-        """``(lr_raw, F_lr)`` of ``layer`` (section 6: a shift, or one multiplier)."""
-        cfg, f = self._cfg, self._cfg.formats
-        if cfg.lr_multiplier is None:
-            return 1, cfg.lr_shift[layer]
-        return int(f.learning_rate.from_float(cfg.lr_multiplier)), f.learning_rate.frac_bits
-
     def lr_step(self, layer, frac, fmt):
         """``requantize(lr * total, frac + F_lr, fmt)`` with ``rounding.update``: the rounded
         step of a weight (``fmt`` = update) or bias (``fmt`` = bias) whose exact gradient sum
         :attr:`total` has ``frac`` fraction bits."""
-        lr, lr_frac = self.learning_rate(layer)
+        lr, lr_frac = self._cfg.lr(layer)       # (lr_raw, F_lr), section 6
         scaled = times_const(self.total, lr) if lr != 1 else self.total
         return self.rq(scaled, frac + lr_frac, fmt, self._cfg.rounding_update,
                        width=self.acc_w + max(lr, 1).bit_length() + 1)
@@ -277,15 +273,15 @@ class LoopNestEngine(wiring.Component):
     def update_step(self, p, port, step, step_saturated, fmt, addr):
         """The update's stage D and E: ``step`` (the rounded, saturated ``dW`` or ``db`` at
         stage D) and the old value are registered; at E ``port[addr] = sat_fmt(old - step)``
-        (``addr`` from the stage-E counters :attr:`cfe`). Called from ``finish_K``; the base
-        calls ``finish_e_K`` = :meth:`_update_e` with what this stores."""
-        self._updates[p] = (port, self.after(step), self.after(self.late(port.r.data)), self.after(step_saturated),
-                            fmt, addr)
+        (``addr``, a function of the stage-E counters :attr:`cfe`). Called from ``finish_K``;
+        the base's stage E (:meth:`_update_e`) uses what this stores. The step's saturation is
+        counted at D, the subtraction's at E."""
+        self._updates[p] = (port, self.after(step), self.after(self.late(port.r.data)), fmt, addr)
         with self.m.If(self.finishing):
             self.sat(step_saturated)
 
     def _update_e(self, p):
-        port, step, old, step_sat, fmt, addr = self._updates[p]
+        port, step, old, fmt, addr = self._updates[p]
         new = self.rq(old - step, fmt.frac_bits, fmt, "trunc", width=max(fmt.width, step.shape().width) + 2)
         self.m.d.comb += [port.w.addr.eq(addr(self.cfe)), port.w.data.eq(new.o), port.w.en.eq(self.finishing_e)]
         with self.m.If(self.finishing_e):
