@@ -280,9 +280,7 @@ class CNNEngine(LoopNestEngine):
         cfg, f = self._cfg, self._cfg.formats
         index, sign, shift = dilated_feedback_table(Ly.h_shape[0], cfg.n_classes, cfg.feedback, l)
         value = dilated_feedback_values(sign, shift, f.feedback.frac_bits)
-        vw = f.feedback.width
-        words = [(int(i) << vw) | (int(v) & ((1 << vw) - 1)) for i, v in zip(index.reshape(-1), value.reshape(-1))]
-        return self.mem(f"fb{l}", unsigned(vw + _bits(cfg.n_classes)), len(words), words)
+        return self.index_value_rom(f"fb{l}", index, value, cfg.n_classes)
 
     def widths(self, plan):
         cfg, f = self._cfg, self._cfg.formats
@@ -421,11 +419,8 @@ class CNNEngine(LoopNestEngine):
                      self.maskmem[p.layer].r.addr.eq(flat([ch, y, x], Ly.h_shape))]
 
     def stage_DFA(self, p):
-        f, l = self._cfg.formats, p.layer
-        word = self.fbrom[l].r.data
-        vw = f.feedback.width
-        self.m.d.comb += [self.mul_a.eq(word[:vw].as_signed()), self.mul_b.eq(self.oe.e[word[vw:]]),
-                          self.init.eq(0)]
+        value, index = self.index_value(self.fbrom[p.layer].r.data)
+        self.m.d.comb += [self.mul_a.eq(value), self.mul_b.eq(self.oe.e[index]), self.init.eq(0)]
 
     def finish_DFA(self, p):
         m, cfg, f, l = self.m, self._cfg, self._cfg.formats, p.layer

@@ -39,7 +39,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from amaranth.hdl import Array, Const, Module, Mux, Signal, Value, signed
+import numpy as np
+from amaranth.hdl import Array, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import memory, wiring
 
 from .arith import Requantize, times_const
@@ -201,6 +202,19 @@ class LoopNestEngine(wiring.Component):
         data = Signal.like(rp.data, name=f"{name}_rd")
         self._late_m.d.sync += [rp.addr.eq(addr), data.eq(rp.data)]
         return Ports(RegisteredRead(rp, addr, data), mm.write_port())
+
+    def index_value_rom(self, name, index, value, n_classes):
+        """A ROM of sparse feedback entries, one ``{index, value}`` word each (``value`` raw in
+        the feedback format, ``index`` a class), in the order given; see :meth:`index_value`."""
+        vw = self._cfg.formats.feedback.width
+        words = [(int(i) << vw) | (int(v) & ((1 << vw) - 1))
+                 for i, v in zip(np.asarray(index).reshape(-1), np.asarray(value).reshape(-1))]
+        return self.mem(name, unsigned(vw + bits_for(n_classes)), len(words), words)
+
+    def index_value(self, word):
+        """``(value, index)`` of a word of :meth:`index_value_rom`."""
+        vw = self._cfg.formats.feedback.width
+        return word[:vw].as_signed(), word[vw:]
 
     def rq(self, value, in_frac, fmt, mode, width=None):
         """A requantizer of ``value`` (width ``width``, default the accumulator's)."""

@@ -16,11 +16,14 @@ One Elman recurrent layer trained by DFA through time and a dense readout of its
            (a sparse matrix-vector product: ``e[index] * value``);
 ``UPD2``, ``UPDB2``  the readout's update;
 ``UPD1``   every ``W1[i, j]``: the exact sum over the window's steps of
-           ``(m_t[i] ? g[i] : 0) * [x_t; h_{t-1}][j]``, then one rounding (``W_x``'s and
+           ``delta_t[i] * [x_t; h_{t-1}][j]`` (DFA: ``delta_t = m_t ? g : 0``; BPTT: the stored
+           ``delta_t``), then one rounding (``W_x``'s and
            ``W_h``'s own fraction bits) and the saturating subtraction; ``UPDB1`` the bias;
 ``RESULT`` one transfer on the result stream.
 
-No pass reads a transposed weight or runs backwards through time. The host map is the CNN
+With DFA no pass reads a transposed weight or runs backwards through time; the BPTT
+baseline (``method = "bptt"``, section 13.8) replaces ``PROJ`` with ``BPTO`` (``W_2^T
+delta_2``) and ``BPTH`` (``W_h^T delta_{t+1}``, step by step back in time). The host map is the CNN
 engine's ``{kind, layer, index}``: layer 0 is ``W1 = [W_x | W_h]`` (row-major, ``H x (I + H)``)
 with ``b_1``; layer 1 is ``W_2`` with ``b_2``.
 """
@@ -188,9 +191,7 @@ class RNNEngine(LoopNestEngine):
             np.add.at(dense, (np.arange(H)[:, None].repeat(cfg.feedback.k, 1), sp.index), values)
             if not np.array_equal(dense, B):      # one definition of B: the lists must be the matrix
                 raise RuntimeError("the sparse feedback lists do not add up to feedback_matrix's B")
-            vw = f.feedback.width
-            words = [(int(i) << vw) | (int(v) & ((1 << vw) - 1)) for i, v in zip(sp.index.reshape(-1), values.reshape(-1))]
-            self.brom = mem("B", unsigned(vw + bits_for(C)), H * cfg.feedback.k, words)
+            self.brom = self.index_value_rom("B", sp.index, values, C)
         if cfg.method == "bptt":
             # delta_t of the window's steps (slot k = step T - K + k), written top-down
             self.d1mem = mem("delta1", f.delta.amaranth_shape(), self._K * H)
@@ -280,8 +281,7 @@ class RNNEngine(LoopNestEngine):
         if self._cfg.feedback.kind == "dense":
             value, index = self.brom.r.data, self.cd[1]
         else:
-            vw = self._cfg.formats.feedback.width
-            value, index = self.brom.r.data[:vw].as_signed(), self.brom.r.data[vw:]
+            value, index = self.index_value(self.brom.r.data)
         self.m.d.comb += [self.mul_a.eq(value), self.mul_b.eq(self.oe.e[index]), self.init.eq(0)]
 
     def finish_PROJ(self, p):
