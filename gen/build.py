@@ -319,9 +319,7 @@ def _is_loopnest(cfg) -> bool:
 def _loopnest_schedule(cfg):
     from dfa_engine.hdl.family import engine_family
 
-    eng = engine_family(cfg).engine(cfg, init_parameters=False)
-    eng._MustUse__silence = True          # only its schedule is read
-    return eng.programs()
+    return engine_family(cfg).schedule(cfg)
 
 
 def _cycles(cfg) -> dict:

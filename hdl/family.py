@@ -24,6 +24,7 @@ class EngineFamily:
     matrix_shapes: Callable     # cfg -> [(n_out, n_in)] per layer: W as the host map addresses it
     initial_parameters: Callable
     n_inputs: Callable          # cfg -> sample transfers per sample
+    schedule: Callable | None = None   # cfg -> (forward, backward) PassPlans (loop-nest engines)
 
 
 def _mlp():
@@ -39,22 +40,22 @@ def _mlp():
 def _cnn():
     from dfa_engine.sim.golden_cnn import initial_cnn_parameters
 
-    from .cnn_engine import CNN_COUNTERS, CNNEngine, cnn_engine_signature, cnn_host_address, network_layers
+    from .cnn_engine import CNN_COUNTERS, CNNEngine, cnn_engine_signature, cnn_host_address, network_layers, schedule
 
     return EngineFamily("cnn", CNNEngine, cnn_engine_signature, cnn_host_address, CNN_COUNTERS,
                         lambda cfg: [(Ly.h_shape[0], Ly.fan_in) for Ly in network_layers(cfg)],
-                        initial_cnn_parameters, lambda cfg: math.prod(cfg.input_shape))
+                        initial_cnn_parameters, lambda cfg: math.prod(cfg.input_shape), schedule)
 
 
 def _rnn():
     from dfa_engine.sim.golden_rnn import initial_rnn_parameters
 
     from .rnn_engine import (RNN_COUNTERS, RNNEngine, rnn_engine_signature, rnn_host_address, rnn_host_parameters,
-                             rnn_matrix_shapes)
+                             rnn_matrix_shapes, rnn_schedule)
 
     return EngineFamily("rnn", RNNEngine, rnn_engine_signature, rnn_host_address, RNN_COUNTERS,
                         rnn_matrix_shapes, lambda cfg: rnn_host_parameters(initial_rnn_parameters(cfg)),
-                        lambda cfg: cfg.steps * cfg.inputs)
+                        lambda cfg: cfg.steps * cfg.inputs, rnn_schedule)
 
 
 def engine_family(cfg) -> EngineFamily:
