@@ -14,6 +14,7 @@ the earlier grid point. Output: ``benchmarks/results/study_rnn_tuning_log.txt``;
 copied into ``dfa_engine.study_rnn.HYPERPARAMETERS``.
 
     nice -n 5 .venv/bin/python benchmarks/study_rnn_tuning.py mnist5k digits adding
+    nice -n 5 .venv/bin/python benchmarks/study_rnn_tuning.py mnist5k --entries bptt_leaky,dfa_trace
 """
 
 import os
@@ -58,5 +59,14 @@ def tune(task, entries=tuple(ENTRIES)):
 
 
 if __name__ == "__main__":
-    for task in sys.argv[1:] or ["mnist5k", "digits", "adding"]:
-        tune(task)
+    args = sys.argv[1:]
+    entries = tuple(ENTRIES)
+    if "--entries" in args:          # tune only these (the log is appended to by hand)
+        i = args.index("--entries")
+        entries = tuple(args[i + 1].split(","))
+        unknown = [e for e in entries if e not in ENTRIES]
+        if unknown:
+            sys.exit(f"--entries: unknown entries {unknown}; known: {', '.join(ENTRIES)}")
+        del args[i:i + 2]
+    for task in args or ["mnist5k", "digits", "adding"]:
+        tune(task, entries)

@@ -6,23 +6,38 @@ Network (one recurrent layer, ``H`` neurons, inputs ``I``, outputs ``O``; ``h_0 
     a_t = W_xh x_t + W_hh h_{t-1} + b_h,   h_t = f(a_t)     (f = tanh or hardtanh)
     y_s = W_hy h_s + b_y                                      (s = T, or every s: ``readout``)
 
+``cell = "leaky"``: each neuron keeps a fixed fraction of its state (a leaky integrator,
+``alpha_i = 2^-s_i`` with ``s_i = i mod (leak_max_shift + 1)``: every time constant from 1
+to ``2^leak_max_shift`` steps, equally often, no storage (the definition is
+:func:`dfa_engine.rnn_config.leak_shifts`); in fixed point a shift and an add,
+``docs/numerics.md`` 13.9)::
+
+    h_t = h_{t-1} + alpha * (f(a_t) - h_{t-1})                 (Elman: alpha = 1)
+
 Loss: mean cross-entropy (``loss = "xent"``) or mean ``0.5 * |y - target|^2`` (``"mse"``),
 averaged over the batch (and over the ``T`` steps with ``readout = "every"``). ``e_s = dL/dy_s``
 (``(softmax(y_s) - onehot) / N`` resp. ``(y_s - target) / N``, divided by ``T`` as well with
 ``readout = "every"``; ``e_s = 0`` at steps without a readout). The output layer always gets
 its true gradient ``dW_hy = sum_s e_s^T h_s``. The recurrent layer gets
-``delta_t = g_t * f'(a_t)`` (``g_t`` = what reaches ``h_t``) and
+``delta_t = g_t * alpha * f'(a_t)`` (``g_t`` = what reaches ``h_t``; ``alpha = 1`` for Elman) and
 ``dW_xh = sum_t delta_t^T x_t``, ``dW_hh = sum_t delta_t^T h_{t-1}``, ``db_h = sum_t delta_t``.
 What ``g_t`` is, per ``method`` (``P_s = W_hy^T e_s``, the output layer's true error at ``h_s``;
 ``D(v) = B v``, the feedback projection, ``B`` an ``H x O`` matrix; ``w`` = ``window``):
 
-* ``bptt``: the true gradient, ``g_t = P_t + W_hh^T delta_{t+1}`` (full backward pass through time).
+* ``bptt``: the true gradient, ``g_t = P_t + W_hh^T delta_{t+1} + (1 - alpha) * g_{t+1}`` (full
+  backward pass through time; the last term only for the leaky cell).
 * ``tbptt`` (``bptt_steps = k``): every ``P_s`` is carried back through at most ``k - 1``
   transitions (``g_t = sum_{s = t}^{t + k - 1} J_{s->t} P_s``; Williams & Peng's BPTT(k)).
 * ``dfa`` / ``dfa_sparse``: ``g_t = B (sum_{s = t}^{t + w - 1} e_s)``: the error that arrives at
   step ``s`` is projected straight to the hidden state of steps ``s - w + 1 .. s``; no ``W_hh^T``,
   no ``W_hy^T``. ``window = "all"`` (``w = T``), ``"last"`` (``w = 1``) or an int. With a last-step
   readout and ``"all"``: ``delta_t = (B e_T) * f'(a_t)`` for every ``t``.
+  ``window = "trace"``: each neuron's own eligibility trace (e-prop, Bellec et al. 2020, with
+  the DFA projection as its learning signal): ``g_t = sum_{s >= t} (1 - alpha)^{s - t} * B e_s``,
+  the part of ``dh_s / dtheta`` that runs through the neuron's leak, ignoring ``W_hh``. It is
+  computed forward in time as a trace per weight, or, as here, from per-neuron scalars
+  (with a last-step readout ``g_t = (1 - alpha)^{T - t} * B e_T``: a fixed per-neuron window);
+  never through ``W_hh^T``. For the Elman cell it is ``"last"``.
 * ``hybrid`` (``bptt_steps = k >= 1``): the true truncated gradient for the ``k`` steps up to each
   error (``tbptt`` with ``k``) plus the DFA projection for the older steps of the window:
   ``g_t = sum_{s=t}^{t+k-1} J_{s->t} P_s + B sum_{s = t + k}^{t + w - 1} e_s``. ``k = 1`` is
@@ -50,6 +65,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+
+from .rnn_config import leak_shifts
 
 __all__ = ["RNNFeedback", "RNNConfig", "RNN", "costs", "METHODS", "feedback_engine_config", "adding_task", "load_task",
            "TASKS"]
@@ -83,20 +100,25 @@ class RNNConfig:
     readout: str = "last"             # last | every
     loss: str = "xent"                # xent | mse
     method: str = "bptt"
-    window: object = "all"            # all | last | int (DFA projection window)
+    window: object = "all"            # all | last | trace | int (DFA projection window)
     bptt_steps: int = 1               # tbptt: k; hybrid: k; module: chunk length
     feedback: RNNFeedback = field(default_factory=RNNFeedback)
     lr: float = 0.1
     batch_size: int = 16
     clip: float | None = None
     seed: int = 0
+    cell: str = "elman"               # elman | leaky
+    leak_max_shift: int = 5           # leaky: alpha_i = 2^-s_i, s_i in 0 .. leak_max_shift
 
     def with_(self, **kw) -> "RNNConfig":
         return replace(self, **kw)
 
 
 def window_steps(cfg: RNNConfig, T: int) -> int:
+    """Steps that receive a delta from one error (the trace window reaches back to step 1)."""
     w = cfg.window
+    if w == "trace":
+        return T if cfg.cell == "leaky" else 1
     if w == "all":
         return T
     if w == "last":
@@ -158,7 +180,8 @@ class RNN:
 
     Initial weights: ``torch.Generator().manual_seed(seed)``, every entry uniform in
     ``+-1/sqrt(H)`` (PyTorch's ``nn.RNN`` init), drawn in the order W_xh, W_hh, b_h, W_hy, b_y,
-    so every method of the same shape and seed starts from the same weights.
+    so every method of the same shape and seed starts from the same weights (the leaky cell's
+    included: its shifts are not drawn).
     """
 
     def __init__(self, cfg: RNNConfig):
@@ -166,6 +189,10 @@ class RNN:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {cfg.method!r}")
         if cfg.readout not in ("last", "every") or cfg.loss not in ("xent", "mse"):
             raise ValueError("readout must be last|every and loss xent|mse")
+        if cfg.cell not in ("elman", "leaky"):
+            raise ValueError(f"cell must be elman or leaky, not {cfg.cell!r}")
+        if cfg.window == "trace" and cfg.method not in ("dfa", "dfa_sparse"):
+            raise ValueError(f"window 'trace' is a DFA window; method {cfg.method!r} has none")
         self.cfg = cfg
         H, I, O = cfg.hidden, cfg.n_in, cfg.n_out
         g = torch.Generator().manual_seed(cfg.seed)
@@ -176,6 +203,14 @@ class RNN:
 
         self.W_xh, self.W_hh, self.b_h = u(H, I), u(H, H), u(H)
         self.W_hy, self.b_y = u(O, H), u(O)
+        if cfg.cell == "leaky":
+            if not 0 <= cfg.leak_max_shift <= 15:
+                raise ValueError(f"leak_max_shift {cfg.leak_max_shift} is out of range; must be 0 .. 15")
+            self.leak_shift = torch.tensor(leak_shifts(H, cfg.leak_max_shift))
+        else:
+            self.leak_shift = torch.zeros(H, dtype=torch.long)
+        self.alpha = 2.0 ** -self.leak_shift.to(torch.float32)     # (H,), 1 for Elman
+        self.keep = 1.0 - self.alpha                                # the state a step keeps
         self.f, self.fprime = _act(cfg.activation)
         self.B = None          # dense (H, O) tensor, scale included
         self.sparse = None     # SparseProjection
@@ -236,18 +271,21 @@ class RNN:
 
     def forward(self, x: torch.Tensor) -> dict:
         """``x`` (N, T, I) -> cache with time-major ``a`` (T, N, H), ``h`` (T+1, N, H; ``h[0] = 0``),
-        ``y`` (T, N, O) for ``readout = "every"`` else (1, N, O)."""
+        ``y`` (T, N, O) for ``readout = "every"`` else (1, N, O), ``fa`` (T, N, H) = ``f(a)``."""
         N, T, _ = x.shape
         xs = x.transpose(0, 1)                                       # (T, N, I)
         xw = xs @ self.W_xh.T + self.b_h
         h = torch.zeros(T + 1, N, self.cfg.hidden)
         a = torch.empty(T, N, self.cfg.hidden)
+        fa = torch.empty(T, N, self.cfg.hidden)
+        leaky = self.cfg.cell == "leaky"
         for t in range(T):
             a[t] = xw[t] + h[t] @ self.W_hh.T
-            h[t + 1] = self.f(a[t])
+            fa[t] = self.f(a[t])
+            h[t + 1] = h[t] + self.alpha * (fa[t] - h[t]) if leaky else fa[t]
         hy = h[1:] if self.cfg.readout == "every" else h[-1:]
         y = hy @ self.W_hy.T + self.b_y
-        return {"x": xs, "a": a, "h": h, "y": y}
+        return {"x": xs, "a": a, "h": h, "y": y, "fa": fa}
 
     def output(self, x: torch.Tensor) -> torch.Tensor:
         """The network's prediction: the last step's output (N, O)."""
@@ -280,7 +318,8 @@ class RNN:
 
     # ---- the recurrent layer's deltas ---------------------------------------------------
     def _walk(self, delta, P, fp, k, readout_steps):
-        """Truncated BPTT: every ``P[s]`` goes back through at most ``k - 1`` transitions."""
+        """Truncated BPTT: every ``P[s]`` goes back through at most ``k - 1`` transitions
+        (``fp`` = ``alpha * f'(a)``)."""
         for s in readout_steps:
             u = P[s]
             for j in range(k):
@@ -290,8 +329,18 @@ class RNN:
                 d = u * fp[t]
                 delta[t] += d
                 if j + 1 < k:
-                    u = d @ self.W_hh
+                    u = d @ self.W_hh + self.keep * u
         return delta
+
+    def _trace_sum(self, E):
+        """``G[t] = sum_{s >= t} keep^{s - t} * B e_s`` by ``G[t] = B e_t + keep * G[t + 1]``."""
+        PE = self.project(E)
+        G = torch.zeros_like(PE)
+        acc = torch.zeros_like(PE[0])
+        for t in range(E.shape[0] - 1, -1, -1):
+            acc = PE[t] + self.keep * acc
+            G[t] = acc
+        return G
 
     def _window_sum(self, E, lo, hi):
         """``S[t] = sum_{s = t + lo}^{t + hi} E[s]`` (clipped to the sequence), from a suffix sum."""
@@ -308,9 +357,9 @@ class RNN:
     def hidden_deltas(self, cache, E) -> torch.Tensor:
         """``delta_t`` (T, N, H) of the recurrent layer for the configured method."""
         cfg = self.cfg
-        a, h = cache["a"], cache["h"]
+        a = cache["a"]
         T = a.shape[0]
-        fp = self.fprime(a, h[1:])
+        fp = self.alpha * self.fprime(a, cache["fa"])                  # dh_t / da_t
         delta = torch.zeros_like(a)
         readout_steps = list(range(T)) if cfg.readout == "every" else [T - 1]
         m = cfg.method
@@ -319,14 +368,17 @@ class RNN:
         if m == "bptt":
             carry = torch.zeros_like(a[0])
             for t in range(T - 1, -1, -1):
-                d = (P[t] + carry) * fp[t]
+                g = P[t] + carry
+                d = g * fp[t]
                 delta[t] = d
-                carry = d @ self.W_hh
+                carry = d @ self.W_hh + self.keep * g
             return delta
         if m == "tbptt":
             return self._walk(delta, P, fp, max(1, cfg.bptt_steps), readout_steps)
         w = window_steps(cfg, T)
         if m in ("dfa", "dfa_sparse"):
+            if cfg.window == "trace":
+                return self._trace_sum(E) * fp
             return self.project(self._window_sum(E, 0, w - 1)) * fp
         if m == "hybrid":
             k = max(1, cfg.bptt_steps)
@@ -346,7 +398,7 @@ class RNN:
             d = g * fp[t]
             delta[t] = d
             # step t opens its chunk when t - 1 ends the previous one: nothing crosses the boundary
-            carry = torch.zeros_like(carry) if (t - 1) in ends else d @ self.W_hh
+            carry = torch.zeros_like(carry) if (t - 1) in ends else d @ self.W_hh + self.keep * g
         return delta
 
     def gradients(self, x, target):
@@ -455,8 +507,9 @@ def costs(cfg: RNNConfig, T: int) -> dict:
                              "feedback": n_proj * proj},
         "through_time_transitions": trans, "feedback_projections": n_proj, "steps_updated": reached,
         "feedback_storage_bits": bits,
-        # x_t and h_{t-1} of every step that will receive a delta, and h_T (f' follows from h_t)
-        "backward_state_words": reached * (I + H) + H,
+        # x_t and h_{t-1} of every step that will receive a delta, and h_T (f' follows from
+        # h_t; the leaky cell keeps f(a_t) as well)
+        "backward_state_words": reached * (I + H + (H if cfg.cell == "leaky" else 0)) + H,
         "backward_through_time": trans > 0,
     }
 

@@ -13,6 +13,8 @@ A TOML file, parsed as data only, like the MLP's (:mod:`dfa_engine.config`) and 
     activation = "hardtanh"
     method = "dfa"       # DFA through time: no backward pass through time ("bptt": truncated BPTT)
     window = 4           # the last 4 steps receive the error; "all" = every step, "last" = 1
+    cell = "elman"       # or "leaky": h_t = h_{t-1} + (f(a_t) - h_{t-1}) >> s_i (section 13.9)
+    leak_max_shift = 4   # leaky: s_i = i mod (leak_max_shift + 1)
 
 Every invalid field raises :class:`~dfa_engine.config.ConfigError` with the field, the
 value and the rule, e.g. ``network.window: 40 is out of range; must be 1 <= window <= 28``.
@@ -29,19 +31,31 @@ from .config import (_read_formats, _read_learning_rate, _read_rounding_no_stoch
                      ConfigError, EngineConfig, FeedbackConfig, Formats, _check_schema, _choice, _int, _is_int,
                      validate_formats)
 
-__all__ = ["RNNEngineConfig", "rnn_config_from_dict", "load_rnn_config", "validate_rnn", "RNN_METHODS"]
+__all__ = ["RNNEngineConfig", "rnn_config_from_dict", "load_rnn_config", "validate_rnn", "RNN_METHODS", "RNN_CELLS",
+           "leak_shifts"]
 
 #: Training methods of the recurrent layer in fixed point: DFA through time (no backward
 #: pass through time), and BPTT truncated to the window (the baseline, section 13.8).
 RNN_METHODS = ("dfa", "bptt")
+#: Recurrent cells: Elman, and the leaky integrator with a power-of-two leak per neuron (13.9).
+RNN_CELLS = ("elman", "leaky")
 _SCHEMA = {
-    "network": {"inputs", "hidden", "classes", "steps", "activation", "method", "window"},
+    "network": {"inputs", "hidden", "classes", "steps", "activation", "method", "window", "cell", "leak_max_shift"},
     "formats": set(FORMAT_NAMES) | {"accumulator"},
     "rounding": {"forward", "backward", "update"},
     "training": {"lr_shift", "learning_rate", "epochs", "seed"},
     "feedback": {"kind", "k", "values", "max_shift", "storage", "seed"},
     "softmax": {"table_frac_bits", "table_size"},
 }
+
+
+def leak_shifts(hidden: int, max_shift: int) -> list:
+    """The leaky cell's per-neuron shifts ``s_i = i mod (max_shift + 1)`` (``alpha_i = 2^-s_i``):
+    every time constant from 1 to ``2^max_shift`` steps equally often, and nothing to store
+    (a counter in hardware). One definition for the float model and the golden model."""
+    return [i % (max_shift + 1) for i in range(hidden)]
+
+
 # Largest exact sum the golden model forms in float64 BLAS, and largest int64 product.
 _MAX_EXACT_BITS = 53
 _MAX_PRODUCT_BITS = 62
@@ -70,8 +84,15 @@ class RNNEngineConfig:
     feedback: FeedbackConfig = field(default_factory=FeedbackConfig)
     softmax_table_frac_bits: int = 4
     softmax_table_size: int = 128
+    cell: str = "elman"
+    leak_max_shift: int = 0       # leaky: s_i = i mod (leak_max_shift + 1); Elman: 0
 
     # ---- derived ---------------------------------------------------------------------
+    @property
+    def leak_shifts(self) -> list:
+        """Per-neuron leak shifts (all 0 for the Elman cell, whose state is replaced each step)."""
+        return leak_shifts(self.hidden, self.leak_max_shift if self.cell == "leaky" else 0)
+
     @property
     def n_classes(self) -> int:
         return self.classes
@@ -156,7 +177,8 @@ class RNNEngineConfig:
     def to_dict(self) -> dict:
         return {
             "network": {"inputs": self.inputs, "hidden": self.hidden, "classes": self.classes, "steps": self.steps,
-                        "activation": self.activation, "method": self.method, "window": self.window},
+                        "activation": self.activation, "method": self.method, "window": self.window,
+                        "cell": self.cell, "leak_max_shift": self.leak_max_shift},
             "formats": {**{n: str(getattr(self.formats, n)) for n in FORMAT_NAMES},
                         "accumulator": self.accumulator_bits()},
             "rounding": {"forward": self.rounding_forward, "backward": self.rounding_backward,
@@ -190,6 +212,10 @@ def rnn_config_from_dict(data: dict) -> RNNEngineConfig:
     elif not _is_int(window):
         raise ConfigError("network.window", window, "must be \"all\", \"last\" or an integer number of steps")
     _int("network", "window", window, 1, steps)
+    cell = _choice("network", "cell", net.get("cell", "elman"), RNN_CELLS)
+    leak_max_shift = _int("network", "leak_max_shift", net.get("leak_max_shift", 4 if cell == "leaky" else 0), 0, 15)
+    if cell == "elman" and leak_max_shift:
+        raise ConfigError("network.leak_max_shift", leak_max_shift, "applies to cell = \"leaky\" only")
 
     formats, acc = _read_formats(fmt)
 
@@ -215,6 +241,7 @@ def rnn_config_from_dict(data: dict) -> RNNEngineConfig:
         feedback=feedback,
         softmax_table_frac_bits=_int("softmax", "table_frac_bits", smx.get("table_frac_bits", 4), 0, 8),
         softmax_table_size=_int("softmax", "table_size", smx.get("table_size", 128), 2, 4096),
+        cell=cell, leak_max_shift=leak_max_shift,
     )
     validate_rnn(cfg)
     return cfg
@@ -250,7 +277,8 @@ def validate_rnn(cfg: RNNEngineConfig) -> None:
                               f"the limits are {_MAX_EXACT_BITS} and {_MAX_PRODUCT_BITS}")
     if cfg.method == "bptt":
         # the transposed sums of BPTT: W_2^T delta_2 (C terms) and W_h^T delta_{t+1} (H terms)
-        bp = f.weight.width + f.delta.width + math.ceil(math.log2(max(cfg.classes, cfg.hidden) + 1))
+        # (the leaky cell adds the kept part of dL/dh_t: one more term)
+        bp = f.weight.width + f.delta.width + math.ceil(math.log2(max(cfg.classes, cfg.hidden) + 2))
         if bp > _MAX_EXACT_BITS:
             raise ConfigError("formats.delta", str(f.delta),
                               f"makes the BPTT sums {bp} bits with formats.weight {f.weight}; the limit is "

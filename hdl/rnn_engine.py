@@ -83,6 +83,10 @@ def rnn_engine_signature(cfg: RNNEngineConfig) -> wiring.Signature:
 
 
 def _check(cfg: RNNEngineConfig):
+    if cfg.cell != "elman":
+        raise ConfigError("network.cell", cfg.cell,
+                          "is not built by the RNN engine yet: the leaky cell exists in the golden model "
+                          "(docs/numerics.md 13.9, dfa-engine train) and the float study; the engine is Elman")
     if cfg.method == "bptt" and min(cfg.window, cfg.steps) > 1 and cfg.hidden < PIPELINE_DEPTH + 1:
         # BPTT's step t reads delta_{t+1}[H-1] H cycles after it was issued
         raise ConfigError("network.hidden", cfg.hidden,

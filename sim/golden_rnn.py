@@ -1,8 +1,9 @@
 """The bit-exact golden model of the RNN engine: ``docs/numerics.md`` section 13, in integers.
 
-One Elman recurrent layer trained by DFA through time (no backward pass through time) and a
-dense readout of the last hidden state trained with its true gradient, one sequence at a time
-(batch 1). Every tensor is an int64 array of raw values. The sums of products are formed
+One recurrent layer (Elman, or the leaky cell of section 13.9) trained by DFA through time
+(no backward pass through time; on the leaky cell through each neuron's eligibility trace) or
+by truncated BPTT (13.8, the baseline), and a dense readout of the last hidden state trained
+with its true gradient, one sequence at a time (batch 1). Every tensor is an int64 array of raw values. The sums of products are formed
 exactly: in float64 BLAS, which is exact because the configuration validator bounds every
 partial sum below 2**53 (as the MLP and CNN golden models do), then converted to int64,
 aligned by exact shifts, rounded once and saturated. The output error is the MLP golden
@@ -18,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from dfa_engine.feedback import feedback_matrix
-from dfa_engine.fixed import requantize, saturate
+from dfa_engine.fixed import requantize, saturate, shift_round
 from dfa_engine.rnn_config import RNNEngineConfig
 from dfa_engine.tables import exp_table
 
@@ -52,7 +53,8 @@ def initial_rnn_parameters(cfg: RNNEngineConfig) -> dict:
 
 
 class GoldenRNN:
-    """Fixed-point Elman RNN, recurrent layer by DFA through time, readout by its true gradient.
+    """Fixed-point RNN (Elman or leaky cell), recurrent layer by DFA through time (or the
+    truncated-BPTT baseline), readout by its true gradient.
 
     Parameters
     ----------
@@ -88,6 +90,7 @@ class GoldenRNN:
         self.B = feedback_matrix(cfg.feedback_engine_config(), 0)
         self._Bf = self.B.astype(np.float64)
         self.exp_table = np.array(exp_table(cfg), dtype=np.int64)
+        self.leak = np.array(cfg.leak_shifts, dtype=np.int64)        # s_i (all 0: Elman)
         self.stats: dict = {}
         self.samples_trained = 0
         self.trace = Trace() if trace else None
@@ -101,6 +104,14 @@ class GoldenRNN:
             return np.maximum(a, 0), a > 0
         one = 1 << self.cfg.formats.activation.frac_bits
         return np.clip(a, -one, one), (a > -one) & (a < one)
+
+    def _leak_round(self, v, mode):
+        """``round(v / 2^s_i)`` per neuron (the last axis), section 2's rounding in ``mode``."""
+        out = np.empty_like(v)
+        for s in np.unique(self.leak):
+            sel = self.leak == s
+            out[..., sel] = shift_round(v[..., sel], int(s), mode)
+        return out
 
     def _forward(self, x, stats=None):
         """Batched forward of ``x`` ``(N, T, I)`` raw input: pre-activations ``a`` ``(T, N, H)``,
@@ -120,7 +131,11 @@ class GoldenRNN:
             hw = (h[t].astype(np.float64) @ self._f["Wh"].T).astype(np.int64) << sh
             z = xw[:, t] + hw + bias
             a[t] = requantize(z, zf, f.activation, cfg.rounding_forward, stats=stats, name="a1")
-            h[t + 1], m[t] = self._activation(a[t])
+            c, m[t] = self._activation(a[t])
+            if cfg.cell == "leaky":          # 13.9: between h_{t-1} and c, never saturates
+                h[t + 1] = h[t] + self._leak_round(c - h[t], cfg.rounding_forward)
+            else:
+                h[t + 1] = c
         yf = cfg.y_frac
         zy = (h[T].astype(np.float64) @ self._f["W2"].T).astype(np.int64) + (self.p["b2"] << (yf - f.bias.frac_bits))
         y = requantize(zy, yf, f.activation, cfg.rounding_forward, stats=stats, name="a2")
@@ -165,7 +180,10 @@ class GoldenRNN:
             G = (self._Bf @ e.astype(np.float64)).astype(np.int64)
             g = requantize(G, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward,
                            stats=self.stats, name="g1")
-            delta1 = np.where(m[steps], g[None, :], 0)       # (K, H)
+            if cfg.cell == "leaky":
+                delta1 = np.where(m[steps], self._trace_signal(g, K), 0)     # 13.9
+            else:
+                delta1 = np.where(m[steps], g[None, :], 0)       # (K, H)
         # readout update: section 6
         self._update_dense("W2", "b2", 1, delta2[:, None] * h[T][None, :], delta2, f.activation.frac_bits, "2")
         # recurrent update: exact sums over the window, one rounding per weight
@@ -196,19 +214,34 @@ class GoldenRNN:
             self.trace.append(rec)
         return prediction
 
+    def _trace_signal(self, g, K: int):
+        """Section 13.9: the eligibility-trace weighting of ``g`` over the last ``K`` steps,
+        ``q_T = round(g / 2^s)``, ``q_{t-1} = q_t - round(q_t / 2^s)`` (``g alpha keep^(T-t)``);
+        returns ``(K, H)``, oldest step first."""
+        mode = self.cfg.rounding_backward
+        q = self._leak_round(g, mode)
+        out = [q]
+        for _ in range(K - 1):
+            q = q - self._leak_round(q, mode)
+            out.append(q)
+        return np.array(out[::-1])
+
     def _bptt_deltas(self, delta2, m, T: int, K: int):
-        """Section 13.8: BPTT truncated to the last ``K`` steps, from the pre-update weights.
-        Returns ``delta1`` ``(K, H)`` (steps ``T-K .. T-1``, 0-based) and the ``g`` of each."""
+        """Section 13.8: BPTT truncated to the last ``K`` steps, from the pre-update weights
+        (the leaky cell: 13.9). Returns ``delta1`` ``(K, H)`` (steps ``T-K .. T-1``, 0-based)
+        and the ``g`` (``dL/dh_t``) of each."""
         cfg, f = self.cfg, self.cfg.formats
         frac = f.weight.frac_bits + f.delta.frac_bits
         G = (self._f["W2"].T @ delta2.astype(np.float64)).astype(np.int64)          # dL/dh_T
         deltas, gs = [], []
         for t in range(T - 1, T - K - 1, -1):
             g = requantize(G, frac, f.delta, cfg.rounding_backward, stats=self.stats, name="g1")
-            d = np.where(m[t], g, 0)
+            through = self._leak_round(g, cfg.rounding_backward)                   # alpha * g (Elman: g)
+            d = np.where(m[t], through, 0)
             deltas.append(d)
             gs.append(g)
             G = (self._f["Wh"].T @ d.astype(np.float64)).astype(np.int64)           # dL/dh_{t-1}
+            G += (g - through) << f.weight.frac_bits                                # + keep * g (leaky)
         return np.array(deltas[::-1]), gs[::-1]
 
     def _update_dense(self, wname, bname, layer, P, S, x_frac, site):

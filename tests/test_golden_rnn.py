@@ -58,6 +58,8 @@ def ref_step(cfg, P, B, x, label, stats):
     Fw, Fin, Fa, Fb = f.weight.frac_bits, f.input.frac_bits, f.activation.frac_bits, f.bias.frac_bits
     Fz = Fw + max(Fin, Fa)
     one = 2 ** Fa
+    # section 13.9: neuron i of the leaky cell moves by (c - h) / 2^s_i, s_i = i mod (S + 1)
+    shift = [i % (cfg.leak_max_shift + 1) if cfg.cell == "leaky" else 0 for i in range(H)]
     h = [[0] * H]
     a_all, masks = [], []
     for t in range(T):
@@ -69,11 +71,12 @@ def ref_step(cfg, P, B, x, label, stats):
             ai = requant(z, Fz - Fa, cfg.rounding_forward, f.activation, stats, "a1")
             a.append(ai)
             if cfg.activation == "hardtanh":
-                hn.append(min(max(ai, -one), one))
+                c = min(max(ai, -one), one)
                 mk.append(-one < ai < one)
             else:
-                hn.append(max(ai, 0))
+                c = max(ai, 0)
                 mk.append(ai > 0)
+            hn.append(h[t][i] + rnd(c - h[t][i], shift[i], cfg.rounding_forward))
         a_all.append(a)
         h.append(hn)
         masks.append(mk)
@@ -93,15 +96,27 @@ def ref_step(cfg, P, B, x, label, stats):
         delta1 = {}
         for t in range(T - 1, T - K - 1, -1):
             g = [requant(G[i], Fw, cfg.rounding_backward, f.delta, stats, "g1") for i in range(H)]
-            delta1[t] = [g[i] if masks[t][i] else 0 for i in range(H)]
+            # 13.9: alpha g goes into a_t, (1 - alpha) g straight back to h_{t-1}
+            into = [rnd(g[i], shift[i], cfg.rounding_backward) for i in range(H)]
+            delta1[t] = [into[i] if masks[t][i] else 0 for i in range(H)]
             if t == T - 1:
                 g_last = g
-            G = [sum(int(P["Wh"][k][i]) * delta1[t][k] for k in range(H)) for i in range(H)]
+            G = [sum(int(P["Wh"][k][i]) * delta1[t][k] for k in range(H)) + (g[i] - into[i]) * 2 ** Fw
+                 for i in range(H)]
         g = g_last
     else:
         g = [requant(sum(int(B[i][c]) * e[c] for c in range(C)), Fe + Ffb - Fd, cfg.rounding_backward, f.delta,
                      stats, "g1") for i in range(H)]
-        delta1 = {t: [g[i] if masks[t][i] else 0 for i in range(H)] for t in window}
+        # 13.9: q_T = g / 2^s, then each step back keeps q - q / 2^s (Elman: g at every step)
+        q, delta1 = {}, {}
+        for t in range(T - 1, T - K - 1, -1):
+            if cfg.cell == "elman":
+                q[t] = g
+            elif t == T - 1:
+                q[t] = [rnd(g[i], shift[i], cfg.rounding_backward) for i in range(H)]
+            else:
+                q[t] = [q[t + 1][i] - rnd(q[t + 1][i], shift[i], cfg.rounding_backward) for i in range(H)]
+            delta1[t] = [q[t][i] if masks[t][i] else 0 for i in range(H)]
     mode = cfg.rounding_update
     new = copy.deepcopy({k: [list(map(int, r)) if np.ndim(r) else int(r) for r in v] for k, v in P.items()})
     S1, S2 = cfg.lr_shift
@@ -137,12 +152,14 @@ HAND = {"input": "u0.4", "weight": "s1.6", "bias": "s1.6", "activation": "s2.5",
 
 
 def tiny(inputs=2, hidden=2, classes=2, steps=2, window="all", formats=None, lr_shift=(3, 1), seed=0,
-         activation="hardtanh", method="dfa", **sections):
+         activation="hardtanh", method="dfa", cell="elman", leak_max_shift=None, **sections):
     d = {"network": {"inputs": inputs, "hidden": hidden, "classes": classes, "steps": steps, "window": window,
-                     "activation": activation, "method": method},
+                     "activation": activation, "method": method, "cell": cell},
          "formats": dict(HAND if formats is None else formats),
          "training": {"lr_shift": list(lr_shift), "seed": seed},
          "feedback": sections.pop("feedback", {"kind": "sparse", "k": 1, "values": "pm1", "seed": 1})}
+    if leak_max_shift is not None:
+        d["network"]["leak_max_shift"] = leak_max_shift
     d.update(sections)
     return rnn_config_from_dict(d)
 
@@ -270,13 +287,19 @@ CASES = [
     # truncated and full BPTT (section 13.8): the baseline on the same hardware
     dict(window=3, method="bptt", activation="relu"),
     dict(window="all", method="bptt", rounding={"backward": "trunc"}),
+    # the leaky cell (section 13.9): e-prop through the trace, and BPTT through the leak
+    dict(window="all", cell="leaky", leak_max_shift=3),
+    dict(window=3, cell="leaky", leak_max_shift=2, rounding={"forward": "trunc", "backward": "trunc"},
+         feedback={"kind": "dense", "values": "fixed", "seed": 3}, formats={**HAND, "feedback": "s0.7"}),
+    dict(window="all", method="bptt", cell="leaky", leak_max_shift=3, activation="relu"),
 ]
 
 
 @pytest.mark.parametrize("case", range(len(CASES)))
 def test_training_equals_reference(case):
     """Five training steps of a 3-4-3 RNN over 4 steps, every intermediate value and every
-    saturation count equal to the Python-integer reference."""
+    saturation count equal to the Python-integer reference. (Leaky cases: neurons 0..3 have
+    shifts 0, 1, 2, 3 or 0, 1, 2, 0, so every leak and the Elman neuron are in play.)"""
     kw = dict(CASES[case])
     cfg = tiny(inputs=3, hidden=4, classes=3, steps=4, lr_shift=(2, 1), seed=case, **kw)
     rng = np.random.default_rng(10 + case)
@@ -306,16 +329,21 @@ WIDE = {"input": "u0.8", "weight": "s1.26", "bias": "s3.24", "activation": "s3.1
         "feedback": "s0.7", "delta": "s2.20", "update": "s1.26", "learning_rate": "u0.16"}
 
 
-def test_wide_formats_track_the_float_twin():
+@pytest.mark.parametrize("cell", ["elman", "leaky"])
+def test_wide_formats_track_the_float_twin(cell):
     """With wide formats and a fine exp table the golden model and its float64 twin (same
     weights, B, inputs, order) stay within 0.5 % of how far the weights moved over 60 training
     sequences of a 6-12-4 RNN (measured: 0.08-0.12 %; an off-by-one window or a missing
-    feedback scale moves them by tens of percent)."""
+    feedback scale moves them by tens of percent). The leaky cell's twin is the float model's
+    e-prop (window "trace") on the same per-neuron leaks."""
     from dfa_engine.study_rnn_fixed import _Default64
 
-    cfg = tiny(inputs=6, hidden=12, classes=4, steps=5, window=3, formats=WIDE, lr_shift=(9, 6),
+    # (the trace scales the leaky cell's deltas by alpha <= 1: a 4x rate moves it as far)
+    net = ({"window": 3, "lr_shift": (9, 6)} if cell == "elman" else
+           {"window": "all", "cell": "leaky", "leak_max_shift": 2, "lr_shift": (7, 6)})
+    cfg = tiny(inputs=6, hidden=12, classes=4, steps=5, formats=WIDE,
                feedback={"kind": "dense", "values": "fixed", "seed": 2},
-               softmax={"table_frac_bits": 8, "table_size": 4096})
+               softmax={"table_frac_bits": 8, "table_size": 4096}, **net)
     rng = np.random.default_rng(0)
     X = rng.integers(0, 256, size=(60, 5, 6))
     Y = rng.integers(0, 4, size=60)
@@ -345,6 +373,24 @@ def test_deterministic():
     assert a.evaluate(X, Y) == b.evaluate(X, Y)
     # batched inference is the same integer computation as the per-sequence forward
     assert [a.predict(x) for x in X] == [int(np.argmax(a._forward(X)[3][i])) for i in range(20)]
+
+
+def test_leaky_cell_with_no_leak_is_the_elman_cell():
+    """leak_max_shift = 0 gives every neuron s = 0: the same integers as the Elman cell, for
+    BPTT, and for DFA the Elman cell's last-step window (a neuron without a leak has a trace
+    of one step); a real leak changes them (the state keeps part of itself)."""
+    rng = np.random.default_rng(4)
+    X, Y = rng.integers(0, 16, size=(8, 4, 3)), rng.integers(0, 3, size=8)
+    for method in ("dfa", "bptt"):
+        base = dict(inputs=3, hidden=4, classes=3, steps=4, method=method, lr_shift=(2, 1))
+        runs = [GoldenRNN(tiny(**base, **kw)) for kw in ({"window": "last" if method == "dfa" else "all"},
+                                                          {"cell": "leaky", "leak_max_shift": 0},
+                                                          {"cell": "leaky", "leak_max_shift": 2})]
+        for g in runs:
+            g.train_epoch(X, Y)
+        for k, v in runs[0].parameters().items():
+            assert np.array_equal(v, runs[1].parameters()[k]), (method, k)
+        assert any(not np.array_equal(v, runs[2].parameters()[k]) for k, v in runs[0].parameters().items())
 
 
 def _bad(change) -> str:
@@ -381,6 +427,11 @@ def test_config_errors():
         "feedback.values: 'pm1' must be \"fixed\" for dense feedback (pm1 and pow2 are sparse value sets)")
     assert _bad(lambda d: d["feedback"].update(kind="sparse", values="pm1", k=11)) == (
         "feedback.k: 11 is out of range; must be 1 <= k <= 10")
+    assert _bad(lambda d: N(d).update(cell="gru")) == "network.cell: 'gru' must be one of elman, leaky"
+    assert _bad(lambda d: N(d).update(leak_max_shift=3)) == (
+        "network.leak_max_shift: 3 applies to cell = \"leaky\" only")
+    assert _bad(lambda d: N(d).update(cell="leaky", leak_max_shift=16)) == (
+        "network.leak_max_shift: 16 is out of range; must be 0 <= leak_max_shift <= 15")
     # 48 (delta) + 8 (input) + ceil(log2(4 + 1)) = 59
     assert _bad(lambda d: d["formats"].update(delta="s9.38")) == (
         "network.window: 4 makes the weight-gradient sum over the window 59 bits with formats.delta s9.38 and "
@@ -401,7 +452,7 @@ def test_example_file_is_the_study_config():
 def test_study_quick():
     from dfa_engine.study_rnn_fixed import study
 
-    rep = study("digits", ("dense", "sparse"), epochs=1, quick=True, quiet=True)
+    rep = study("digits", ("dense", "sparse", "leaky"), epochs=1, quick=True, quiet=True)
     for r in rep["results"]:
         assert abs(r["fixed_test_accuracy"] - r["float_twin_test_accuracy"]) < 0.05
-    assert {r["setting"] for r in rep["summary"]} == {"dense", "sparse"}
+    assert {r["setting"] for r in rep["summary"]} == {"dense", "sparse", "leaky"}

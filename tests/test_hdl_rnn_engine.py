@@ -111,10 +111,12 @@ def test_host_map_writes_and_refusals():
 
 
 def test_engine_refuses_what_it_cannot_run():
-    """Stochastic rounding, and recurrences too short for the pipeline (a state read back
-    before it is written), are refused with the field and the reason."""
+    """Stochastic rounding, the leaky cell, and recurrences too short for the pipeline (a state
+    read back before it is written), are refused with the field and the reason."""
     with pytest.raises(ConfigError, match="rounding.update"):
         RNNEngine(DENSE.with_(rounding_update="stochastic"))
+    with pytest.raises(ConfigError, match="network.cell: 'leaky' is not built by the RNN engine yet"):
+        RNNEngine(DENSE.with_(cell="leaky", leak_max_shift=4))
     need = PIPELINE_DEPTH + 1
     with pytest.raises(ConfigError, match=rf"network.hidden: 3 is too small: inputs \+ hidden must be at least {need}"):
         RNNEngine(DENSE.with_(inputs=2, hidden=3))

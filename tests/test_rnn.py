@@ -35,12 +35,13 @@ def _autograd_forward(net, x, detach_at=()):
     """Returns (params requiring grad, list of a_t, list of h_t (h[0] = 0), outputs per step)."""
     ps = {k: v.clone().requires_grad_(True) for k, v in net.params().items()}
     f = torch.tanh if net.cfg.activation == "tanh" else F.hardtanh
+    alpha = 2.0 ** -net.leak_shift.to(torch.float32)
     h, hs, As, ys = torch.zeros(N, H), [torch.zeros(N, H)], [], []
     for t in range(T):
         if t in detach_at:
             h = h.detach()
         a = x[:, t] @ ps["W_xh"].T + h @ ps["W_hh"].T + ps["b_h"]
-        h = f(a)
+        h = (1 - alpha) * h + alpha * f(a)
         As.append(a), hs.append(h), ys.append(h @ ps["W_hy"].T + ps["b_y"])
     return ps, As, hs, ys
 
@@ -56,9 +57,10 @@ def _loss(net, ys, y):
 @pytest.mark.parametrize("readout", ["last", "every"])
 @pytest.mark.parametrize("act", ["tanh", "hardtanh"])
 @pytest.mark.parametrize("loss", ["xent", "mse"])
-def test_bptt_equals_autograd(readout, act, loss):
+@pytest.mark.parametrize("cell", ["elman", "leaky"])
+def test_bptt_equals_autograd(readout, act, loss, cell):
     x, y = _data(loss, readout)
-    net = _net(method="bptt", readout=readout, activation=act, loss=loss)
+    net = _net(method="bptt", readout=readout, activation=act, loss=loss, cell=cell, leak_max_shift=3)
     lval, _, _, _, grads = net.gradients(x, y)
     ps, _, _, ys = _autograd_forward(net, x)
     L = _loss(net, ys, y)
@@ -69,10 +71,11 @@ def test_bptt_equals_autograd(readout, act, loss):
 
 
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_truncated_bptt_equals_autograd_with_detach(k):
+@pytest.mark.parametrize("cell", ["elman", "leaky"])
+def test_truncated_bptt_equals_autograd_with_detach(k, cell):
     """Last-step readout: TBPTT(k) = autograd with the state detached before step T - k."""
     x, y = _data()
-    net = _net(method="tbptt", bptt_steps=k)
+    net = _net(method="tbptt", bptt_steps=k, cell=cell, leak_max_shift=3)
     _, _, _, delta, grads = net.gradients(x, y)
     ps, _, _, ys = _autograd_forward(net, x, detach_at=(T - k,))
     F.cross_entropy(ys[-1], y).backward()
@@ -173,7 +176,9 @@ def test_module_equals_surrogate():
 
 
 @pytest.mark.parametrize("method,kw", [("dfa", {}), ("dfa_sparse", {}), ("hybrid", {"bptt_steps": 1}),
-                                       ("dfa", {"fb": {"kind": "output"}})])
+                                       ("dfa", {"fb": {"kind": "output"}}),
+                                       ("dfa", {"cell": "leaky", "window": "trace"}),
+                                       ("dfa_sparse", {"cell": "leaky", "window": "trace", "readout": "every"})])
 def test_dfa_has_no_backward_pass_through_time(method, kw):
     """Given the forward pass, the deltas of these methods do not depend on W_hh (no W_hh^T)."""
     x, y = _data()
@@ -187,6 +192,74 @@ def test_dfa_has_no_backward_pass_through_time(method, kw):
     bp.W_hh.mul_(-5.0)
     assert not torch.allclose(bp.hidden_deltas(cache, E), d1)
     assert costs(bp.cfg, T)["backward_through_time"]
+
+
+def _forward_eligibility_traces(net, x, E):
+    """e-prop written forward in time, independently of the model's closed form: per weight a
+    trace ``eps_t = keep * eps_{t-1} + alpha * f'(a_t) * z_t`` (``z`` = ``x_t``, ``h_{t-1}`` or 1),
+    and at every step with an error ``grad += (B e_t) * eps_t``."""
+    alpha = 2.0 ** -net.leak_shift.to(torch.float32)
+    keep = 1 - alpha
+    B = net.feedback_dense()
+    f = torch.tanh if net.cfg.activation == "tanh" else F.hardtanh
+    h = torch.zeros(N, H)
+    ex, eh, eb = torch.zeros(N, H, I), torch.zeros(N, H, H), torch.zeros(N, H)
+    gx, gh, gb = torch.zeros(H, I), torch.zeros(H, H), torch.zeros(H)
+    for t in range(T):
+        a = x[:, t] @ net.W_xh.T + h @ net.W_hh.T + net.b_h
+        fa = f(a)
+        fp = 1 - fa * fa if net.cfg.activation == "tanh" else ((a > -1) & (a < 1)).float()
+        af = alpha * fp
+        ex = keep[:, None] * ex + af[..., None] * x[:, t, None, :]
+        eh = keep[:, None] * eh + af[..., None] * h[:, None, :]
+        eb = keep * eb + af
+        h = h + alpha * (fa - h)
+        L = E[t] @ B.T
+        gx += torch.einsum("nh,nhi->hi", L, ex)
+        gh += torch.einsum("nh,nhj->hj", L, eh)
+        gb += (L * eb).sum(0)
+    return {"W_xh": gx, "W_hh": gh, "b_h": gb}
+
+
+@pytest.mark.parametrize("readout", ["last", "every"])
+@pytest.mark.parametrize("kind", ["dense", "sparse"])
+@pytest.mark.parametrize("act", ["tanh", "hardtanh"])
+def test_trace_window_equals_forward_eligibility_traces(readout, kind, act):
+    """window = "trace" on the leaky cell is e-prop with the DFA projection as learning signal:
+    the gradients equal traces carried forward in time (no backward pass of any kind)."""
+    x, y = _data(readout=readout)
+    net = _net(method="dfa", window="trace", cell="leaky", leak_max_shift=3, readout=readout,
+               activation=act, fb={"kind": kind, "k": 2, "scale": 0.5})
+    assert len(set(net.leak_shift.tolist())) > 1          # several time constants in play
+    _, _, E, delta, grads = net.gradients(x, y)
+    ref = _forward_eligibility_traces(net, x, E)
+    for name, g in ref.items():
+        torch.testing.assert_close(grads[name], g, rtol=1e-5, atol=1e-6, msg=name)
+    assert torch.all(delta[0].abs().sum() > 0)          # the first step gets credit through the leak
+    # on the Elman cell the trace is the neuron's own step only: the "last" window
+    a = _net(method="dfa", window="trace", readout=readout, fb={"kind": kind, "k": 2}).gradients(x, y)[4]
+    b = _net(method="dfa", window="last", readout=readout, fb={"kind": kind, "k": 2}).gradients(x, y)[4]
+    for name in a:
+        torch.testing.assert_close(a[name], b[name])
+
+
+def test_leaky_cell_shares_the_elman_start_and_keeps_its_state():
+    elman, leaky = _net(), _net(cell="leaky", leak_max_shift=4)
+    for name, p in elman.params().items():
+        assert torch.equal(p, leaky.params()[name]), name
+    assert set(leaky.leak_shift.tolist()) <= set(range(5)) and len(set(leaky.leak_shift.tolist())) > 1
+    x, _ = _data()
+    h_e, h_l = elman.forward(x)["h"], leaky.forward(x)["h"]
+    alpha = 2.0 ** -leaky.leak_shift.to(torch.float32)
+    fa = leaky.forward(x)["fa"]
+    torch.testing.assert_close(h_l[1:], h_l[:-1] + alpha * (fa - h_l[:-1]))
+    assert not torch.allclose(h_e, h_l) and h_l.abs().max() < 1
+    with pytest.raises(ValueError, match="cell must be elman or leaky"):
+        _net(cell="gru")
+    with pytest.raises(ValueError, match="leak_max_shift 16 is out of range"):
+        _net(cell="leaky", leak_max_shift=16)
+    with pytest.raises(ValueError, match="window 'trace' is a DFA window"):
+        _net(method="bptt", window="trace")
 
 
 @pytest.mark.parametrize("values", ["pm1", "pow2"])
