@@ -2,12 +2,14 @@
 
 Cases: ``cnn`` (``examples/cnn_2conv_hybrid.toml``: the 2-conv hybrid, conv1 by sparse
 dilated DFA) and ``rnn`` (``examples/rnn_rowwise_dfa.toml``: row-by-row MNIST, DFA through
-time), each trained on the first N MNIST-5k training samples (the study's split) and then
+time), and ``rnn_leaky`` (``examples/rnn_rowwise_leaky.toml``: the leaky cell, DFA through its
+eligibility trace), each trained on the first N MNIST-5k training samples (the study's split) and then
 inferring the first M test samples, every result and the final parameters checked against
 the golden model as ``dfa-engine rtl`` does. Prints a table and, with ``--json PATH``,
 writes one row per case: ``{"case", "network", "train_samples", "test_samples", "bit_exact",
 "cycles_per_sample", "schedule_cycles_per_sample", "loop_terms_per_sample",
-"sim_cycles_per_second", "rtl_test_accuracy", "build_s", "run_s"}``.
+"sim_cycles_per_second", "rtl_test_accuracy", "build_s", "run_s"}`` (an existing file keeps
+the rows of the cases not run).
 
     python benchmarks/loopnest_rtl.py --train-samples 100 --test-samples 100 --json benchmarks/results/loopnest_rtl.json
 """
@@ -27,7 +29,8 @@ from dfa_engine.gen.generate import loopnest_engine_info
 from dfa_engine.sim.verilator_run import build_engine, run_training
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = {"cnn": "examples/cnn_2conv_hybrid.toml", "rnn": "examples/rnn_rowwise_dfa.toml"}
+CASES = {"cnn": "examples/cnn_2conv_hybrid.toml", "rnn": "examples/rnn_rowwise_dfa.toml",
+         "rnn_leaky": "examples/rnn_rowwise_leaky.toml"}
 
 
 def run_case(name, nt, ne):
@@ -61,15 +64,21 @@ def main(argv=None):
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     rows = [run_case(name, args.train_samples, args.test_samples) for name in args.only or list(CASES)]
-    print(f"{'case':<5} {'network':<28} {'train':>5} {'test':>5} {'bit-exact':>9} {'cycles/sample':>13} "
+    print(f"{'case':<9} {'network':<28} {'train':>5} {'test':>5} {'bit-exact':>9} {'cycles/sample':>13} "
           f"{'schedule':>9} {'loop terms':>10} {'sim cycles/s':>12} {'build s':>7} {'run s':>6}")
     for r in rows:
-        print(f"{r['case']:<5} {r['network']:<28} {r['train_samples']:>5} {r['test_samples']:>5} "
+        print(f"{r['case']:<9} {r['network']:<28} {r['train_samples']:>5} {r['test_samples']:>5} "
               f"{'yes' if r['bit_exact'] else 'NO':>9} {r['cycles_per_sample']:>13,.0f} "
               f"{r['schedule_cycles_per_sample']:>9,} {r['loop_terms_per_sample']:>10,} "
               f"{r['sim_cycles_per_second']:>12,.0f} {r['build_s']:>7} {r['run_s']:>6}")
     if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+        # an existing file keeps the rows of the cases not run this time
+        path = Path(args.json)
+        old = json.loads(path.read_text()) if path.exists() else []
+        ran = {r["case"] for r in rows}
+        merged = [r for r in old if r["case"] not in ran] + rows
+        merged.sort(key=lambda r: list(CASES).index(r["case"]) if r["case"] in CASES else len(CASES))
+        path.write_text(json.dumps(merged, indent=2) + "\n")
     return 0 if all(r["bit_exact"] for r in rows) else 1
 
 

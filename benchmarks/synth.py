@@ -4,7 +4,8 @@ Cases: ``mnist_up5k`` (``examples/mnist_up5k.toml`` on the iCEBreaker at 30 MHz)
 ``mnist_ecp5`` (``examples/mnist_ecp5.toml`` on the ULX3S-85F at 100 MHz), one small
 configuration per family (``small_ice40``, ``small_ecp5``: 16-8-4), and the CNN engine of
 ``examples/cnn_2conv_hybrid.toml`` on the ULX3S-85F at 50 MHz (``cnn_2conv_ecp5``), and the RNN
-engine of ``examples/rnn_rowwise_dfa.toml`` there at 50 MHz (``rnn_rowwise_ecp5``). Each case goes
+engine of ``examples/rnn_rowwise_dfa.toml`` there at 50 MHz (``rnn_rowwise_ecp5``; the leaky
+cell's ``examples/rnn_rowwise_leaky.toml``: ``rnn_leaky_ecp5``). Each case goes
 through ``gen/build.py`` exactly as ``dfa-engine build`` does: estimate, fit check, build.
 A case that cannot fit is recorded with the one-line reason and no synthesis is run.
 Builds run one after another (each tool in the foreground). Prints a table and, with
@@ -38,6 +39,8 @@ CASES = {
     "cnn_2conv_ecp5": ("examples/cnn_2conv_hybrid.toml", "ulx3s-85f", 50.0),
     # the RNN engine (hdl/rnn_engine.py) of the row-by-row MNIST example
     "rnn_rowwise_ecp5": ("examples/rnn_rowwise_dfa.toml", "ulx3s-85f", 50.0),
+    # the same with the leaky cell and DFA through its eligibility trace
+    "rnn_leaky_ecp5": ("examples/rnn_rowwise_leaky.toml", "ulx3s-85f", 50.0),
 }
 #: what the JSON keeps of a report (the rest is in the build folder's report.json)
 KEEP = ("board", "device", "network", "lanes", "status", "failed_step", "error", "dsp_inference",

@@ -1,6 +1,7 @@
 """The RNN training engine: ``docs/numerics.md`` section 13 as loop-nest passes.
 
-One Elman recurrent layer trained by DFA through time and a dense readout of its last state
+One recurrent layer (Elman, or the leaky cell of section 13.9) trained by DFA through time
+and a dense readout of its last state
 (:class:`dfa_engine.sim.golden_rnn.GoldenRNN`), on the loop-nest datapath of
 :mod:`dfa_engine.hdl.loopnest` (one multiply-accumulate a cycle). A sequence runs:
 
@@ -8,16 +9,21 @@ One Elman recurrent layer trained by DFA through time and a dense readout of its
 ``REC``    for every step ``t`` and neuron ``i``: ``z = sum_j W1[i, j] [x_t; h_{t-1}][j]``
            (``W1 = [W_x | W_h]``, one row of ``I + H`` weights; the ``x`` terms shifted by
            ``s_x``, the ``h`` terms by ``s_h``; ``h_0 = 0``), ``+ b_1 << s_b``, requantize,
-           activation and mask: ``h_t`` and ``m_t`` stored for every step;
+           activation and mask: ``h_t`` and ``m_t`` stored for every step (the leaky cell:
+           ``h_t = h_{t-1} + round((f(a_t) - h_{t-1}) >> s_i)``, its own ``h_{t-1}[i]`` from a
+           second read port of the state memory, ``s_i`` from a ROM);
 ``OUT``    the readout of ``h_T`` into the output-error unit (the MLP's);
 ``ERR``    ``e`` and the prediction;
 ``DOUT``   ``delta_2``; ``PROJ`` ``g = requantize(B e)``: dense ``B`` a ROM of ``H x C`` values,
            ``C`` terms a row; sparse ``B`` its ``(index, value)`` lists, ``k`` terms a row
            (a sparse matrix-vector product: ``e[index] * value``);
+``TRACE``  the leaky cell only: each neuron's eligibility-trace weighting of ``g``, one step a
+           cycle back from ``T`` (``q = round(g >> s)``, then ``q -= round(q >> s)``), masked
+           into the stored ``delta_t`` (no multiplier);
 ``UPD2``, ``UPDB2``  the readout's update;
 ``UPD1``   every ``W1[i, j]``: the exact sum over the window's steps of
-           ``delta_t[i] * [x_t; h_{t-1}][j]`` (DFA: ``delta_t = m_t ? g : 0``; BPTT: the stored
-           ``delta_t``), then one rounding (``W_x``'s and
+           ``delta_t[i] * [x_t; h_{t-1}][j]`` (DFA: ``delta_t = m_t ? g : 0``; BPTT and the
+           leaky cell: the stored ``delta_t``), then one rounding (``W_x``'s and
            ``W_h``'s own fraction bits) and the saturating subtraction; ``UPDB1`` the bias;
 ``RESULT`` one transfer on the result stream.
 
@@ -33,7 +39,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from amaranth.hdl import Const, Mux, unsigned
+from amaranth.hdl import Array, Const, Mux, Value, signed, unsigned
 from amaranth.lib import wiring
 
 from dfa_engine.config import ConfigError
@@ -83,10 +89,11 @@ def rnn_engine_signature(cfg: RNNEngineConfig) -> wiring.Signature:
 
 
 def _check(cfg: RNNEngineConfig):
-    if cfg.cell != "elman":
+    if cfg.cell == "leaky" and cfg.method == "bptt":
         raise ConfigError("network.cell", cfg.cell,
-                          "is not built by the RNN engine yet: the leaky cell exists in the golden model "
-                          "(docs/numerics.md 13.9, dfa-engine train) and the float study; the engine is Elman")
+                          "with method = \"bptt\" is not built by the RNN engine yet (its DFA through the "
+                          "eligibility trace is; the golden model runs BPTT through the leak, "
+                          "docs/numerics.md 13.9)")
     if cfg.method == "bptt" and min(cfg.window, cfg.steps) > 1 and cfg.hidden < PIPELINE_DEPTH + 1:
         # BPTT's step t reads delta_{t+1}[H-1] H cycles after it was issued
         raise ConfigError("network.hidden", cfg.hidden,
@@ -116,6 +123,9 @@ def rnn_schedule(cfg: RNNEngineConfig) -> tuple:
     else:
         # dense: every class of a row; sparse: the row's k (index, value) entries
         deltas = [PassPlan("PROJ", 0, (H,), (C if cfg.feedback.kind == "dense" else cfg.feedback.k,))]
+        if cfg.cell == "leaky":
+            # section 13.9: per neuron, the window's steps from T back, one a cycle
+            deltas.append(PassPlan("TRACE", 0, (H, K), (1,)))
     bwd = [PassPlan("DOUT", 1, (C,), (1,)), *deltas,
            PassPlan("UPD2", 1, (C, H), (1,)), PassPlan("UPDB2", 1, (C,), (1,)),
            PassPlan("UPD1", 0, (H, I + H), (K,)), PassPlan("UPDB1", 0, (H,), (K,))]
@@ -143,6 +153,8 @@ class RNNEngine(LoopNestEngine):
             raise
         self._cfg = cfg
         self._K = min(cfg.window, cfg.steps)
+        self._leaky = cfg.cell == "leaky"
+        self._stored_deltas = cfg.method == "bptt" or self._leaky      # delta_t in d1mem
         self._params = rnn_host_parameters(initial_rnn_parameters(cfg) if params is None else params)
         self._init_parameters = init_parameters
         self._addr = rnn_address_layout(cfg)
@@ -196,9 +208,14 @@ class RNNEngine(LoopNestEngine):
             if not np.array_equal(dense, B):      # one definition of B: the lists must be the matrix
                 raise RuntimeError("the sparse feedback lists do not add up to feedback_matrix's B")
             self.brom = self.index_value_rom("B", sp.index, values, C)
-        if cfg.method == "bptt":
+        if self._stored_deltas:
             # delta_t of the window's steps (slot k = step T - K + k), written top-down
             self.d1mem = mem("delta1", f.delta.amaranth_shape(), self._K * H)
+        if self._leaky:
+            # section 13.9: neuron i's own h_{t-1}[i] beside the REC terms' h_{t-1}[j], and s_i
+            self.hown = self.second_read(self.hmem, "h_own")
+            shifts = cfg.leak_shifts
+            self.leakrom = mem("leak", unsigned(bits_for(max(shifts) + 1)), H, shifts)
 
     def widths(self, plan):
         cfg, f = self._cfg, self._cfg.formats
@@ -224,6 +241,8 @@ class RNNEngine(LoopNestEngine):
             self.hmem.r.addr.eq(times_const(t, H) - H + j - I),
             self.valid.eq(is_x | (t != 0)),
         ]
+        if self._leaky:
+            self.m.d.comb += [self.hown.addr.eq(times_const(t, H) - H + i), self.leakrom.r.addr.eq(i)]
 
     def stage_REC(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
@@ -249,11 +268,52 @@ class RNNEngine(LoopNestEngine):
             h, mask = Mux(rq.o[-1], 0, rq.o), ~rq.o[-1] & rq.o.any()
         else:
             h, mask = hardtanh(rq.o, f.activation.frac_bits)
+        if self._leaky:
+            # 13.9: between h_{t-1}[i] and f(a_t): no saturation; h_0 = 0
+            prev = Mux(t == 0, 0, self.late(self.hown.data))
+            h = prev + self._leak_round(h - prev, self.late(self.leakrom.r.data), cfg.rounding_forward)
         out = times_const(t, cfg.hidden) + i
         m.d.comb += [self.hmem.w.addr.eq(out), self.hmem.w.data.eq(h), self.hmem.w.en.eq(self.finishing),
                      self.maskmem.w.addr.eq(out), self.maskmem.w.data.eq(mask), self.maskmem.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated)
+
+    def _leak_round(self, v, s, mode):
+        """``round(v / 2^s)`` (section 2's ``mode``) for a shift ``s`` of ``0 .. leak_max_shift``:
+        one constant shift per value of ``s``, picked by ``s``."""
+        v = Value.cast(v).as_signed()
+        picks = [v] + [(v >> k) if mode == "trunc" else ((v + (1 << (k - 1))) >> k)
+                       for k in range(1, self._cfg.leak_max_shift + 1)]
+        out = self.signal(signed(len(v) + 1), "leak")
+        self.m.d.comb += out.eq(Array(picks)[s] if len(picks) > 1 else v)
+        return out
+
+    # ---- the leaky cell's eligibility trace (section 13.9) -----------------------------------
+    def issue_TRACE(self, p):
+        H, T = self._cfg.hidden, self._cfg.steps
+        i, back = self.c[:2]
+        self.m.d.comb += [self.gmem.r.addr.eq(i), self.leakrom.r.addr.eq(i),
+                          self.maskmem.r.addr.eq(times_const(T - 1 - back, H) + i)]       # step T-1-back
+
+    def stage_TRACE(self, p):
+        self.m.d.comb += [self.mul_a.eq(0), self.mul_b.eq(0), self.init.eq(0)]
+
+    def finish_TRACE(self, p):
+        """``q_T = round(g >> s)``, then each step back ``q -= round(q >> s)`` (a register holds
+        the last ``q``: the terms finish one a cycle, in order); ``delta_t = m_t ? q : 0``."""
+        m, cfg, f = self.m, self._cfg, self._cfg.formats
+        i, back = self.cf[:2]
+        s = self.late(self.leakrom.r.data)
+        q_prev = self.signal(f.delta.amaranth_shape(), "trace_q")
+        q = self.signal(f.delta.amaranth_shape(), "trace_q_now")
+        mode = cfg.rounding_backward
+        m.d.comb += q.eq(Mux(back == 0, self._leak_round(self.late(self.gmem.r.data), s, mode),
+                             q_prev - self._leak_round(q_prev, s, mode)))
+        with m.If(self.finishing):
+            m.d.sync += q_prev.eq(q)
+        m.d.comb += [self.d1mem.w.addr.eq(times_const(self._K - 1 - back, cfg.hidden) + i),
+                     self.d1mem.w.data.eq(Mux(self.late(self.maskmem.r.data), q, 0)),
+                     self.d1mem.w.en.eq(self.finishing)]
 
     def _h_last(self, j):
         return times_const(Const(self._cfg.steps - 1), self._cfg.hidden) + j
@@ -382,7 +442,7 @@ class RNNEngine(LoopNestEngine):
         I, H = cfg.inputs, cfg.hidden
         i, j, k = self.c[:3]
         t = self._window_step(k)
-        if cfg.method == "bptt":
+        if self._stored_deltas:
             self.m.d.comb += self.d1mem.r.addr.eq(times_const(k, H) + i)
         self.m.d.comb += [
             self.gmem.r.addr.eq(i),
@@ -394,9 +454,9 @@ class RNNEngine(LoopNestEngine):
         ]
 
     def _delta1(self):
-        """``delta_t[i]`` of the window term in flight (stage A): BPTT's stored delta, or DFA's
-        ``m_t ? g : 0``."""
-        if self._cfg.method == "bptt":
+        """``delta_t[i]`` of the window term in flight (stage A): the stored delta (BPTT, the
+        leaky cell's trace), or DFA's ``m_t ? g : 0``."""
+        if self._stored_deltas:
             return self.d1mem.r.data
         return Mux(self.maskmem.r.data, self.gmem.r.data, 0)
 
@@ -418,7 +478,7 @@ class RNNEngine(LoopNestEngine):
         H = self._cfg.hidden
         i, k = self.c[:2]
         t = self._window_step(k)
-        if self._cfg.method == "bptt":
+        if self._stored_deltas:
             self.m.d.comb += self.d1mem.r.addr.eq(times_const(k, H) + i)
         self.m.d.comb += [self.gmem.r.addr.eq(i), self.maskmem.r.addr.eq(times_const(t, H) + i),
                           self.b1.r.addr.eq(i)]

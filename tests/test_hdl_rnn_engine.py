@@ -60,6 +60,13 @@ VARIANTS = {
     "bptt_window3": config(lr_shift=(6, 4)).with_(method="bptt"),
     "bptt_all_steps_relu_trunc": config(window="all", activation="relu", rounding={"backward": "trunc"},
                                         lr_shift=(7, 4)).with_(method="bptt"),
+    # the leaky cell (section 13.9), DFA through each neuron's eligibility trace: shifts 0..3
+    # (every neuron i = 0..3 mod 4), dense and sparse, a window of every step and of 3
+    "leaky_trace_dense_all": config(window="all", feedback={"kind": "dense", "values": "fixed"},
+                                    formats={"feedback": "s0.7"}, lr_shift=(6, 4)).with_(cell="leaky",
+                                                                                         leak_max_shift=3),
+    "leaky_trace_sparse_window3_trunc": config(window=3, rounding={"forward": "trunc", "backward": "trunc"},
+                                               lr_shift=(5, 4)).with_(cell="leaky", leak_max_shift=2),
     # narrow formats: states, deltas and weights saturate
     "saturating": config(formats={"activation": "s1.10", "weight": "s0.10", "bias": "s0.10", "update": "s0.10",
                                   "delta": "s0.10", "error": "s0.14"}, lr_shift=(0, 0)),
@@ -111,12 +118,12 @@ def test_host_map_writes_and_refusals():
 
 
 def test_engine_refuses_what_it_cannot_run():
-    """Stochastic rounding, the leaky cell, and recurrences too short for the pipeline (a state
-    read back before it is written), are refused with the field and the reason."""
+    """Stochastic rounding, BPTT on the leaky cell, and recurrences too short for the pipeline
+    (a state read back before it is written), are refused with the field and the reason."""
     with pytest.raises(ConfigError, match="rounding.update"):
         RNNEngine(DENSE.with_(rounding_update="stochastic"))
-    with pytest.raises(ConfigError, match="network.cell: 'leaky' is not built by the RNN engine yet"):
-        RNNEngine(DENSE.with_(cell="leaky", leak_max_shift=4))
+    with pytest.raises(ConfigError, match="network.cell: 'leaky' with method = \"bptt\" is not built"):
+        RNNEngine(DENSE.with_(cell="leaky", leak_max_shift=4, method="bptt"))
     need = PIPELINE_DEPTH + 1
     with pytest.raises(ConfigError, match=rf"network.hidden: 3 is too small: inputs \+ hidden must be at least {need}"):
         RNNEngine(DENSE.with_(inputs=2, hidden=3))
@@ -136,13 +143,17 @@ def test_cycle_count_is_the_schedule():
     assert proj["dense_fixed_window3"].inner == (cfg.classes,)
     assert proj["sparse_pow2_relu_all_steps_trunc"].inner == (SPARSE.feedback.k,)
     X, Y = rows(1, offset=70)
-    cyc = rnn_cycles(cfg)
-    assert cycles_after_load(RNNEngine(cfg), X[0], Y[0]) == cyc["train_sample"] - cyc["load"] - cyc["result"]
+    for c in (cfg, VARIANTS["leaky_trace_dense_all"]):      # the leaky cell adds the TRACE pass
+        cyc = rnn_cycles(c)
+        assert cycles_after_load(RNNEngine(c), X[0], Y[0]) == cyc["train_sample"] - cyc["load"] - cyc["result"]
+    trace = [p for p in rnn_schedule(VARIANTS["leaky_trace_dense_all"])[1] if p.kind == "TRACE"][0]
+    assert trace.cycles == VARIANTS["leaky_trace_dense_all"].hidden * VARIANTS["leaky_trace_dense_all"].steps
 
 
 # ---- Verilator: 100 real sequences per network ----------------------------------------------
 
-@pytest.mark.parametrize("name", ["dense_fixed_window3", "sparse_pow2_relu_all_steps_trunc", "bptt_window3"])
+@pytest.mark.parametrize("name", ["dense_fixed_window3", "sparse_pow2_relu_all_steps_trunc", "bptt_window3",
+                                  "leaky_trace_dense_all"])
 def test_verilator_100_sequences_bit_exact(name):
     from dfa_engine.sim.verilator_run import run_training
 
