@@ -15,6 +15,7 @@ A TOML file, parsed as data only, like the MLP's (:mod:`dfa_engine.config`) and 
     window = 4           # the last 4 steps receive the error; "all" = every step, "last" = 1
     cell = "elman"       # or "leaky": h_t = h_{t-1} + (f(a_t) - h_{t-1}) >> s_i (section 13.9)
     leak_max_shift = 4   # leaky: s_i = i mod (leak_max_shift + 1)
+    trace = true         # leaky DFA: weight the window's steps by each neuron's eligibility trace
 
 Every invalid field raises :class:`~dfa_engine.config.ConfigError` with the field, the
 value and the rule, e.g. ``network.window: 40 is out of range; must be 1 <= window <= 28``.
@@ -40,7 +41,8 @@ RNN_METHODS = ("dfa", "bptt")
 #: Recurrent cells: Elman, and the leaky integrator with a power-of-two leak per neuron (13.9).
 RNN_CELLS = ("elman", "leaky")
 _SCHEMA = {
-    "network": {"inputs", "hidden", "classes", "steps", "activation", "method", "window", "cell", "leak_max_shift"},
+    "network": {"inputs", "hidden", "classes", "steps", "activation", "method", "window", "cell", "leak_max_shift",
+                "trace"},
     "formats": set(FORMAT_NAMES) | {"accumulator"},
     "rounding": {"forward", "backward", "update"},
     "training": {"lr_shift", "learning_rate", "epochs", "seed"},
@@ -86,6 +88,7 @@ class RNNEngineConfig:
     softmax_table_size: int = 128
     cell: str = "elman"
     leak_max_shift: int = 0       # leaky: s_i = i mod (leak_max_shift + 1); Elman: 0
+    trace: bool = True            # leaky DFA: the eligibility-trace weighting (False: alpha g each step)
 
     # ---- derived ---------------------------------------------------------------------
     @property
@@ -178,7 +181,7 @@ class RNNEngineConfig:
         return {
             "network": {"inputs": self.inputs, "hidden": self.hidden, "classes": self.classes, "steps": self.steps,
                         "activation": self.activation, "method": self.method, "window": self.window,
-                        "cell": self.cell, "leak_max_shift": self.leak_max_shift},
+                        "cell": self.cell, "leak_max_shift": self.leak_max_shift, "trace": self.trace},
             "formats": {**{n: str(getattr(self.formats, n)) for n in FORMAT_NAMES},
                         "accumulator": self.accumulator_bits()},
             "rounding": {"forward": self.rounding_forward, "backward": self.rounding_backward,
@@ -216,6 +219,11 @@ def rnn_config_from_dict(data: dict) -> RNNEngineConfig:
     leak_max_shift = _int("network", "leak_max_shift", net.get("leak_max_shift", 4 if cell == "leaky" else 0), 0, 15)
     if cell == "elman" and leak_max_shift:
         raise ConfigError("network.leak_max_shift", leak_max_shift, "applies to cell = \"leaky\" only")
+    trace = net.get("trace", True)
+    if not isinstance(trace, bool):
+        raise ConfigError("network.trace", trace, "must be true or false")
+    if cell == "elman" and "trace" in net:
+        raise ConfigError("network.trace", trace, "applies to cell = \"leaky\" only")
 
     formats, acc = _read_formats(fmt)
 
@@ -241,7 +249,7 @@ def rnn_config_from_dict(data: dict) -> RNNEngineConfig:
         feedback=feedback,
         softmax_table_frac_bits=_int("softmax", "table_frac_bits", smx.get("table_frac_bits", 4), 0, 8),
         softmax_table_size=_int("softmax", "table_size", smx.get("table_size", 128), 2, 4096),
-        cell=cell, leak_max_shift=leak_max_shift,
+        cell=cell, leak_max_shift=leak_max_shift, trace=trace,
     )
     validate_rnn(cfg)
     return cfg

@@ -335,7 +335,7 @@ def study(dataset="mnist5k", epochs=10, quick=False, sweep=True, quiet=False):
     data = (x_train, y_train, x_test, y_test)
     n_in, n_classes = ds.n_features, int(max(ds.y_train.max(), ds.y_test.max())) + 1
     base = default_config()
-    results, alignments = [], []
+    results = []
     plan = [
         ((128,), ["bp", "dfa", "sparse-dfa-k1", "sparse-dfa-k2"],
          ["bp", "dfa", "sparse-dfa-k1"]),

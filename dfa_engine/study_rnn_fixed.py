@@ -39,6 +39,10 @@ SETTINGS = {
     # dfa_trace (mnist5k lr 0.3 ~ 2^-6 per sequence, scale 0.1 ~ 2^-3; digits lr 0.3, scale 1)
     ("mnist5k", "leaky"): ("dfa_trace", "dense", "all", 6, 3),
     ("digits", "leaky"): ("dfa_trace", "dense", "all", 6, 0),
+    # the leaky cell with alpha g at every step (network.trace = false): the float study's
+    # dfa_leaky (mnist5k lr 0.3, scale 0.1; digits lr 0.3, scale 1)
+    ("mnist5k", "leaky_window"): ("dfa_leaky", "dense", "all", 6, 3),
+    ("digits", "leaky_window"): ("dfa_leaky", "dense", "all", 6, 0),
 }
 #: Formats: the MLP defaults with wide weights (the recurrent layer's rate is 2^-9 .. 2^-13 per
 #: sequence, as the CNN's DFA layers needed s1.22); dense feedback in s0.7 (the float RNN study's
@@ -68,9 +72,12 @@ def engine_dict(task: str, kind: str, formats=None, epochs: int = 10) -> dict:
         fb = {"kind": "sparse", "k": 1, "values": "pm1", "seed": 1}
     network = {"inputs": inputs, "hidden": HIDDEN[task], "classes": 10, "steps": steps,
                "activation": "hardtanh", "method": "dfa", "window": window}
-    if SETTINGS[(task, kind)][0].endswith("_trace"):
+    from .study_rnn import ENTRIES
+
+    over = ENTRIES[SETTINGS[(task, kind)][0]][1]
+    if over.get("cell") == "leaky":
         # the float study's leaky cell: time constants up to 2^s <= T
-        network.update(cell="leaky", leak_max_shift=steps.bit_length() - 1)
+        network.update(cell="leaky", leak_max_shift=steps.bit_length() - 1, trace=over.get("window") == "trace")
     return {"network": network,
             "formats": fmts,
             "training": {"lr_shift": [base + s, base], "epochs": epochs, "seed": 0},
@@ -115,9 +122,9 @@ def float_twin(cfg, golden, dtype=None):
 
     if cfg.activation != "hardtanh":
         raise ValueError(f"the float twin needs network.activation = \"hardtanh\", not {cfg.activation!r}")
-    if cfg.cell == "leaky" and cfg.window != cfg.steps:
-        raise ValueError(f"the float twin of the leaky cell needs network.window = \"all\" (its eligibility "
-                         f"trace reaches every step), not {cfg.window}")
+    if cfg.cell == "leaky" and cfg.trace and cfg.window != cfg.steps:
+        raise ValueError(f"the float twin of the leaky cell's trace needs network.window = \"all\" (its "
+                         f"eligibility trace reaches every step), not {cfg.window}")
     f = cfg.formats
     if cfg.lr_multiplier is not None:
         lr, scale_shift = float(f.learning_rate.to_float(f.learning_rate.from_float(cfg.lr_multiplier))), 0
@@ -128,7 +135,7 @@ def float_twin(cfg, golden, dtype=None):
                              "must be the readout's plus the feedback scale shift S >= 0")
         lr, scale_shift = 2.0 ** -base, rec - base
     fcfg = RNNConfig(n_in=cfg.inputs, hidden=cfg.hidden, n_out=cfg.classes, activation="hardtanh", readout="last",
-                     loss="xent", method="dfa", window="trace" if cfg.cell == "leaky" else cfg.window,
+                     loss="xent", method="dfa", window="trace" if cfg.cell == "leaky" and cfg.trace else cfg.window,
                      cell=cfg.cell, leak_max_shift=cfg.leak_max_shift,
                      feedback=RNNFeedback(kind="dense", scale=1.0, seed=cfg.feedback.seed),
                      lr=lr, batch_size=1, clip=None, seed=cfg.seed)

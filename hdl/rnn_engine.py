@@ -307,8 +307,9 @@ class RNNEngine(LoopNestEngine):
         q_prev = self.signal(f.delta.amaranth_shape(), "trace_q")
         q = self.signal(f.delta.amaranth_shape(), "trace_q_now")
         mode = cfg.rounding_backward
-        m.d.comb += q.eq(Mux(back == 0, self._leak_round(self.late(self.gmem.r.data), s, mode),
-                             q_prev - self._leak_round(q_prev, s, mode)))
+        first = self._leak_round(self.late(self.gmem.r.data), s, mode)
+        # network.trace = false: alpha g at every step of the window
+        m.d.comb += q.eq(Mux(back == 0, first, q_prev - self._leak_round(q_prev, s, mode)) if cfg.trace else first)
         with m.If(self.finishing):
             m.d.sync += q_prev.eq(q)
         m.d.comb += [self.d1mem.w.addr.eq(times_const(self._K - 1 - back, cfg.hidden) + i),

@@ -180,8 +180,9 @@ class GoldenRNN:
             G = (self._Bf @ e.astype(np.float64)).astype(np.int64)
             g = requantize(G, f.error.frac_bits + f.feedback.frac_bits, f.delta, cfg.rounding_backward,
                            stats=self.stats, name="g1")
-            if cfg.cell == "leaky":
-                delta1 = np.where(m[steps], self._trace_signal(g, K), 0)     # 13.9
+            if cfg.cell == "leaky":                                           # 13.9
+                q = self._trace_signal(g, K) if cfg.trace else self._leak_round(g, cfg.rounding_backward)[None]
+                delta1 = np.where(m[steps], q, 0)
             else:
                 delta1 = np.where(m[steps], g[None, :], 0)       # (K, H)
         # readout update: section 6

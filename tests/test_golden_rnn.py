@@ -112,7 +112,7 @@ def ref_step(cfg, P, B, x, label, stats):
         for t in range(T - 1, T - K - 1, -1):
             if cfg.cell == "elman":
                 q[t] = g
-            elif t == T - 1:
+            elif t == T - 1 or not cfg.trace:                 # trace = false: alpha g at every step
                 q[t] = [rnd(g[i], shift[i], cfg.rounding_backward) for i in range(H)]
             else:
                 q[t] = [q[t + 1][i] - rnd(q[t + 1][i], shift[i], cfg.rounding_backward) for i in range(H)]
@@ -152,7 +152,7 @@ HAND = {"input": "u0.4", "weight": "s1.6", "bias": "s1.6", "activation": "s2.5",
 
 
 def tiny(inputs=2, hidden=2, classes=2, steps=2, window="all", formats=None, lr_shift=(3, 1), seed=0,
-         activation="hardtanh", method="dfa", cell="elman", leak_max_shift=None, **sections):
+         activation="hardtanh", method="dfa", cell="elman", leak_max_shift=None, trace=None, **sections):
     d = {"network": {"inputs": inputs, "hidden": hidden, "classes": classes, "steps": steps, "window": window,
                      "activation": activation, "method": method, "cell": cell},
          "formats": dict(HAND if formats is None else formats),
@@ -160,6 +160,8 @@ def tiny(inputs=2, hidden=2, classes=2, steps=2, window="all", formats=None, lr_
          "feedback": sections.pop("feedback", {"kind": "sparse", "k": 1, "values": "pm1", "seed": 1})}
     if leak_max_shift is not None:
         d["network"]["leak_max_shift"] = leak_max_shift
+    if trace is not None:
+        d["network"]["trace"] = trace
     d.update(sections)
     return rnn_config_from_dict(d)
 
@@ -292,6 +294,7 @@ CASES = [
     dict(window=3, cell="leaky", leak_max_shift=2, rounding={"forward": "trunc", "backward": "trunc"},
          feedback={"kind": "dense", "values": "fixed", "seed": 3}, formats={**HAND, "feedback": "s0.7"}),
     dict(window="all", method="bptt", cell="leaky", leak_max_shift=3, activation="relu"),
+    dict(window=3, cell="leaky", leak_max_shift=3, trace=False),
 ]
 
 
@@ -329,7 +332,7 @@ WIDE = {"input": "u0.8", "weight": "s1.26", "bias": "s3.24", "activation": "s3.1
         "feedback": "s0.7", "delta": "s2.20", "update": "s1.26", "learning_rate": "u0.16"}
 
 
-@pytest.mark.parametrize("cell", ["elman", "leaky"])
+@pytest.mark.parametrize("cell", ["elman", "leaky", "leaky_window"])
 def test_wide_formats_track_the_float_twin(cell):
     """With wide formats and a fine exp table the golden model and its float64 twin (same
     weights, B, inputs, order) stay within 0.5 % of how far the weights moved over 60 training
@@ -339,8 +342,10 @@ def test_wide_formats_track_the_float_twin(cell):
     from dfa_engine.study_rnn_fixed import _Default64
 
     # (the trace scales the leaky cell's deltas by alpha <= 1: a 4x rate moves it as far)
-    net = ({"window": 3, "lr_shift": (9, 6)} if cell == "elman" else
-           {"window": "all", "cell": "leaky", "leak_max_shift": 2, "lr_shift": (7, 6)})
+    net = {"elman": {"window": 3, "lr_shift": (9, 6)},
+           "leaky": {"window": "all", "cell": "leaky", "leak_max_shift": 2, "lr_shift": (7, 6)},
+           "leaky_window": {"window": 3, "cell": "leaky", "leak_max_shift": 2, "trace": False,
+                            "lr_shift": (7, 6)}}[cell]
     cfg = tiny(inputs=6, hidden=12, classes=4, steps=5, formats=WIDE,
                feedback={"kind": "dense", "values": "fixed", "seed": 2},
                softmax={"table_frac_bits": 8, "table_size": 4096}, **net)
@@ -432,6 +437,8 @@ def test_config_errors():
         "network.leak_max_shift: 3 applies to cell = \"leaky\" only")
     assert _bad(lambda d: N(d).update(cell="leaky", leak_max_shift=16)) == (
         "network.leak_max_shift: 16 is out of range; must be 0 <= leak_max_shift <= 15")
+    assert _bad(lambda d: N(d).update(trace=False)) == "network.trace: False applies to cell = \"leaky\" only"
+    assert _bad(lambda d: N(d).update(cell="leaky", trace="yes")) == "network.trace: 'yes' must be true or false"
     # 48 (delta) + 8 (input) + ceil(log2(4 + 1)) = 59
     assert _bad(lambda d: d["formats"].update(delta="s9.38")) == (
         "network.window: 4 makes the weight-gradient sum over the window 59 bits with formats.delta s9.38 and "
@@ -452,7 +459,8 @@ def test_example_file_is_the_study_config():
 def test_study_quick():
     from dfa_engine.study_rnn_fixed import study
 
-    rep = study("digits", ("dense", "sparse", "leaky"), epochs=1, quick=True, quiet=True)
+    kinds = ("dense", "sparse", "leaky", "leaky_window")
+    rep = study("digits", kinds, epochs=1, quick=True, quiet=True)
     for r in rep["results"]:
         assert abs(r["fixed_test_accuracy"] - r["float_twin_test_accuracy"]) < 0.05
-    assert {r["setting"] for r in rep["summary"]} == {"dense", "sparse", "leaky"}
+    assert {r["setting"] for r in rep["summary"]} == set(kinds)

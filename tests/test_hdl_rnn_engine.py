@@ -67,6 +67,9 @@ VARIANTS = {
                                                                                          leak_max_shift=3),
     "leaky_trace_sparse_window3_trunc": config(window=3, rounding={"forward": "trunc", "backward": "trunc"},
                                                lr_shift=(5, 4)).with_(cell="leaky", leak_max_shift=2),
+    # network.trace = false: alpha g at every step of the window
+    "leaky_uniform_sparse_window5": config(window=5, lr_shift=(5, 4)).with_(cell="leaky", leak_max_shift=3,
+                                                                             trace=False),
     # narrow formats: states, deltas and weights saturate
     "saturating": config(formats={"activation": "s1.10", "weight": "s0.10", "bias": "s0.10", "update": "s0.10",
                                   "delta": "s0.10", "error": "s0.14"}, lr_shift=(0, 0)),
