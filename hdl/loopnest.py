@@ -136,10 +136,10 @@ def _all(terms):
 
 
 class Ports:
-    """A memory's read port ``r`` and write port ``w`` (and the memory, for more read ports)."""
+    """A memory's read port ``r`` and write port ``w``."""
 
-    def __init__(self, r, w, memory=None):
-        self.r, self.w, self.memory = r, w, memory
+    def __init__(self, r, w):
+        self.r, self.w = r, w
 
 
 class RegisteredRead:
@@ -198,19 +198,11 @@ class LoopNestEngine(wiring.Component):
     def mem(self, name, shape, depth, init=None):
         mm = memory.Memory(shape=shape, depth=max(depth, 2), init=init or [])
         self.m.submodules[name] = mm
-        return Ports(self._registered_read(mm, name), mm.write_port(), mm)
-
-    def second_read(self, ports, name):
-        """Another :class:`RegisteredRead` of the memory of ``ports`` (a second address in the
-        same cycle; the block RAM is duplicated where the device has one read port)."""
-        return self._registered_read(ports.memory, name)
-
-    def _registered_read(self, mm, name):
         rp = mm.read_port()
         addr = Signal.like(rp.addr, name=f"{name}_ra")
         data = Signal.like(rp.data, name=f"{name}_rd")
         self._late_m.d.sync += [rp.addr.eq(addr), data.eq(rp.data)]
-        return RegisteredRead(rp, addr, data)
+        return Ports(RegisteredRead(rp, addr, data), mm.write_port())
 
     def index_value_rom(self, name, index, value, n_classes):
         """A ROM of sparse feedback entries, one ``{index, value}`` word each (``value`` raw in

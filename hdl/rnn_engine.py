@@ -11,7 +11,7 @@ and a dense readout of its last state
            ``s_x``, the ``h`` terms by ``s_h``; ``h_0 = 0``), ``+ b_1 << s_b``, requantize,
            activation and mask: ``h_t`` and ``m_t`` stored for every step (the leaky cell:
            ``h_t = h_{t-1} + round((f(a_t) - h_{t-1}) >> s_i)``, its own ``h_{t-1}[i]`` from a
-           second read port of the state memory, ``s_i`` from a ROM);
+           copy of the state memory, ``s_i = i mod (S + 1)`` from a constant table);
 ``OUT``    the readout of ``h_T`` into the output-error unit (the MLP's);
 ``ERR``    ``e`` and the prediction;
 ``DOUT``   ``delta_2``; ``PROJ`` ``g = requantize(B e)``: dense ``B`` a ROM of ``H x C`` values,
@@ -47,7 +47,7 @@ from dfa_engine.rnn_config import RNNEngineConfig
 
 from .arith import hardtanh, times_const
 from .engine import stream_ports
-from .loopnest import LOOP_COUNTERS, PIPELINE_DEPTH, LoopNestEngine, PassPlan, bits_for, schedule_cycles
+from .loopnest import LOOP_COUNTERS, PIPELINE_DEPTH, LoopNestEngine, PassPlan, bits_for, lut, schedule_cycles
 
 __all__ = ["RNNEngine", "rnn_engine_signature", "rnn_address_layout", "rnn_host_address", "RNN_COUNTERS",
            "rnn_cycles", "rnn_schedule", "rnn_host_parameters", "rnn_matrix_shapes"]
@@ -212,10 +212,11 @@ class RNNEngine(LoopNestEngine):
             # delta_t of the window's steps (slot k = step T - K + k), written top-down
             self.d1mem = mem("delta1", f.delta.amaranth_shape(), self._K * H)
         if self._leaky:
-            # section 13.9: neuron i's own h_{t-1}[i] beside the REC terms' h_{t-1}[j], and s_i
-            self.hown = self.second_read(self.hmem, "h_own")
-            shifts = cfg.leak_shifts
-            self.leakrom = mem("leak", unsigned(bits_for(max(shifts) + 1)), H, shifts)
+            # section 13.9: neuron i's own h_{t-1}[i] beside the REC terms' h_{t-1}[j], from a
+            # copy of the state memory written with it (one read port each: Yosys 0.5x's ABC9
+            # pass fails an assertion on the ECP5 with a second read port on the block RAM)
+            self.hcopy = mem("h_own", f.activation.amaranth_shape(), T * H)
+            self.hown = self.hcopy.r
 
     def widths(self, plan):
         cfg, f = self._cfg, self._cfg.formats
@@ -242,7 +243,7 @@ class RNNEngine(LoopNestEngine):
             self.valid.eq(is_x | (t != 0)),
         ]
         if self._leaky:
-            self.m.d.comb += [self.hown.addr.eq(times_const(t, H) - H + i), self.leakrom.r.addr.eq(i)]
+            self.m.d.comb += self.hown.addr.eq(times_const(t, H) - H + i)
 
     def stage_REC(self, p):
         m, cfg, f = self.m, self._cfg, self._cfg.formats
@@ -271,12 +272,19 @@ class RNNEngine(LoopNestEngine):
         if self._leaky:
             # 13.9: between h_{t-1}[i] and f(a_t): no saturation; h_0 = 0
             prev = Mux(t == 0, 0, self.late(self.hown.data))
-            h = prev + self._leak_round(h - prev, self.late(self.leakrom.r.data), cfg.rounding_forward)
+            h = prev + self._leak_round(h - prev, self._leak_shift(self.cd[1]), cfg.rounding_forward)
         out = times_const(t, cfg.hidden) + i
+        if self._leaky:
+            m.d.comb += [self.hcopy.w.addr.eq(out), self.hcopy.w.data.eq(h), self.hcopy.w.en.eq(self.finishing)]
         m.d.comb += [self.hmem.w.addr.eq(out), self.hmem.w.data.eq(h), self.hmem.w.en.eq(self.finishing),
                      self.maskmem.w.addr.eq(out), self.maskmem.w.data.eq(mask), self.maskmem.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated)
+
+    def _leak_shift(self, i):
+        """``s_i`` of the neuron whose counter (at stage A) is ``i``, delayed to stage D: a
+        constant table (``i mod (S + 1)``), registered with the term."""
+        return self.late(lut(self._cfg.leak_shifts, i))
 
     def _leak_round(self, v, s, mode):
         """``round(v / 2^s)`` (section 2's ``mode``) for a shift ``s`` of ``0 .. leak_max_shift``:
@@ -292,7 +300,7 @@ class RNNEngine(LoopNestEngine):
     def issue_TRACE(self, p):
         H, T = self._cfg.hidden, self._cfg.steps
         i, back = self.c[:2]
-        self.m.d.comb += [self.gmem.r.addr.eq(i), self.leakrom.r.addr.eq(i),
+        self.m.d.comb += [self.gmem.r.addr.eq(i),
                           self.maskmem.r.addr.eq(times_const(T - 1 - back, H) + i)]       # step T-1-back
 
     def stage_TRACE(self, p):
@@ -303,7 +311,7 @@ class RNNEngine(LoopNestEngine):
         the last ``q``: the terms finish one a cycle, in order); ``delta_t = m_t ? q : 0``."""
         m, cfg, f = self.m, self._cfg, self._cfg.formats
         i, back = self.cf[:2]
-        s = self.late(self.leakrom.r.data)
+        s = self._leak_shift(self.cd[0])
         q_prev = self.signal(f.delta.amaranth_shape(), "trace_q")
         q = self.signal(f.delta.amaranth_shape(), "trace_q_now")
         mode = cfg.rounding_backward
