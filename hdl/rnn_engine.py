@@ -269,31 +269,48 @@ class RNNEngine(LoopNestEngine):
             h, mask = Mux(rq.o[-1], 0, rq.o), ~rq.o[-1] & rq.o.any()
         else:
             h, mask = hardtanh(rq.o, f.activation.frac_bits)
-        if self._leaky:
-            # 13.9: between h_{t-1}[i] and f(a_t): no saturation; h_0 = 0
-            prev = Mux(t == 0, 0, self.late(self.hown.data))
-            h = prev + self._leak_round(h - prev, self._leak_shift(self.cd[1]), cfg.rounding_forward)
         out = times_const(t, cfg.hidden) + i
         if self._leaky:
-            m.d.comb += [self.hcopy.w.addr.eq(out), self.hcopy.w.data.eq(h), self.hcopy.w.en.eq(self.finishing)]
-        m.d.comb += [self.hmem.w.addr.eq(out), self.hmem.w.data.eq(h), self.hmem.w.en.eq(self.finishing),
-                     self.maskmem.w.addr.eq(out), self.maskmem.w.data.eq(mask), self.maskmem.w.en.eq(self.finishing)]
+            self._leaky_state_write(h, Mux(t == 0, 0, self.late(self.hown.data)), out)
+        else:
+            m.d.comb += [self.hmem.w.addr.eq(out), self.hmem.w.data.eq(h), self.hmem.w.en.eq(self.finishing)]
+        m.d.comb += [self.maskmem.w.addr.eq(out), self.maskmem.w.data.eq(mask), self.maskmem.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated)
+
+    def _leaky_state_write(self, c, prev, addr):
+        """13.9 at stage E: ``h_t = h_{t-1} + round((c - h_{t-1}) >> s_i)`` (between ``h_{t-1}``
+        and ``c = f(a_t)``: no saturation; ``h_0 = 0``) into the state memory and its copy.
+        ``c``, ``h_{t-1}``, ``s_i`` and the address are registered at stage D, so the leak is
+        not in the requantizer's cycle; the write lands one cycle later than the Elman cell's,
+        which the recurrence's read distance (``I + H >= PIPELINE_DEPTH + 1``) already covers."""
+        cfg, f, lm = self._cfg, self._cfg.formats, self._late_m
+        fin = self.signal(1, "rec_fin")
+        self.m.d.comb += fin.eq(self.finishing)          # only in REC's finishing stage
+        en_e = self.signal(1, "rec_fin_e")
+        c_e = self.signal(f.activation.amaranth_shape(), "rec_c_e")
+        prev_e = self.signal(f.activation.amaranth_shape(), "rec_prev_e")
+        s_e = self.signal(range(cfg.leak_max_shift + 1), "rec_s_e")
+        addr_e = self.signal(len(self.hmem.w.addr), "rec_addr_e")
+        lm.d.sync += [en_e.eq(fin), c_e.eq(c), prev_e.eq(prev), s_e.eq(self._leak_shift(self.cd[1])),
+                      addr_e.eq(addr)]
+        h = prev_e + self._leak_round(c_e - prev_e, s_e, cfg.rounding_forward, lm)
+        for port in (self.hmem, self.hcopy):
+            lm.d.comb += [port.w.addr.eq(addr_e), port.w.data.eq(h), port.w.en.eq(en_e)]
 
     def _leak_shift(self, i):
         """``s_i`` of the neuron whose counter (at stage A) is ``i``, delayed to stage D: a
         constant table (``i mod (S + 1)``), registered with the term."""
         return self.late(lut(self._cfg.leak_shifts, i))
 
-    def _leak_round(self, v, s, mode):
+    def _leak_round(self, v, s, mode, module=None):
         """``round(v / 2^s)`` (section 2's ``mode``) for a shift ``s`` of ``0 .. leak_max_shift``:
         one constant shift per value of ``s``, picked by ``s``."""
         v = Value.cast(v).as_signed()
         picks = [v] + [(v >> k) if mode == "trunc" else ((v + (1 << (k - 1))) >> k)
                        for k in range(1, self._cfg.leak_max_shift + 1)]
         out = self.signal(signed(len(v) + 1), "leak")
-        self.m.d.comb += out.eq(Array(picks)[s] if len(picks) > 1 else v)
+        (module or self.m).d.comb += out.eq(Array(picks)[s] if len(picks) > 1 else v)
         return out
 
     # ---- the leaky cell's eligibility trace (section 13.9) -----------------------------------
