@@ -29,7 +29,8 @@ and a dense readout of its last state
 
 With DFA no pass reads a transposed weight or runs backwards through time; the BPTT
 baseline (``method = "bptt"``, section 13.8) replaces ``PROJ`` with ``BPTO`` (``W_2^T
-delta_2``) and ``BPTH`` (``W_h^T delta_{t+1}``, step by step back in time). The host map is the CNN
+delta_2``) and ``BPTH`` (``W_h^T delta_{t+1}``, step by step back in time; on the leaky cell
+each step's sum starts from the kept ``(1 - alpha) g_{t+1}``). The host map is the CNN
 engine's ``{kind, layer, index}``: layer 0 is ``W1 = [W_x | W_h]`` (row-major, ``H x (I + H)``)
 with ``b_1``; layer 1 is ``W_2`` with ``b_2``.
 """
@@ -89,11 +90,6 @@ def rnn_engine_signature(cfg: RNNEngineConfig) -> wiring.Signature:
 
 
 def _check(cfg: RNNEngineConfig):
-    if cfg.cell == "leaky" and cfg.method == "bptt":
-        raise ConfigError("network.cell", cfg.cell,
-                          "with method = \"bptt\" is not built by the RNN engine yet (its DFA through the "
-                          "eligibility trace is; the golden model runs BPTT through the leak, "
-                          "docs/numerics.md 13.9)")
     if cfg.method == "bptt" and min(cfg.window, cfg.steps) > 1 and cfg.hidden < PIPELINE_DEPTH + 1:
         # BPTT's step t reads delta_{t+1}[H-1] H cycles after it was issued
         raise ConfigError("network.hidden", cfg.hidden,
@@ -211,6 +207,9 @@ class RNNEngine(LoopNestEngine):
         if self._stored_deltas:
             # delta_t of the window's steps (slot k = step T - K + k), written top-down
             self.d1mem = mem("delta1", f.delta.amaranth_shape(), self._K * H)
+        if self._leaky and cfg.method == "bptt":
+            # 13.9: (1 - alpha) g_t[i], which the next (earlier) step's sum starts from
+            self.keepmem = mem("keep", signed(f.delta.width + 1), H)
         if self._leaky:
             # section 13.9: neuron i's own h_{t-1}[i] beside the REC terms' h_{t-1}[j], from a
             # copy of the state memory written with it (one read port each: Yosys 0.5x's ABC9
@@ -382,12 +381,20 @@ class RNNEngine(LoopNestEngine):
             self.sat(rq.saturated)
 
     # ---- BPTT (section 13.8): the baseline on the same hardware ------------------------------
-    def _bptt_finish(self, i, slot):
-        """``delta_t[i] = m_t[i] ? requantize(total) : 0`` into slot ``slot`` (step ``T - K + slot``)."""
+    def _bptt_finish(self, i, slot, i_stage_a):
+        """``delta_t[i] = m_t[i] ? requantize(total) : 0`` into slot ``slot`` (step ``T - K + slot``).
+        The leaky cell (13.9): ``g = requantize(total)``, ``delta_t = m_t ? round(g >> s_i) : 0``,
+        and the part that goes straight back to ``h_{t-1}``, ``g - round(g >> s_i)``, kept for
+        the next step's sum (``i_stage_a``: the neuron counter at stage A, for ``s_i``)."""
         m, cfg, f = self.m, self._cfg, self._cfg.formats
         rq = self.rq(self.total, f.weight.frac_bits + f.delta.frac_bits, f.delta, cfg.rounding_backward)
         mask = self.late(self.maskmem.r.data)
-        m.d.comb += [self.d1mem.w.addr.eq(times_const(slot, cfg.hidden) + i), self.d1mem.w.data.eq(Mux(mask, rq.o, 0)),
+        delta = rq.o
+        if self._leaky:
+            delta = self._leak_round(rq.o, self._leak_shift(i_stage_a), cfg.rounding_backward)
+            m.d.comb += [self.keepmem.w.addr.eq(i), self.keepmem.w.data.eq(rq.o - delta),
+                         self.keepmem.w.en.eq(self.finishing)]
+        m.d.comb += [self.d1mem.w.addr.eq(times_const(slot, cfg.hidden) + i), self.d1mem.w.data.eq(Mux(mask, delta, 0)),
                      self.d1mem.w.en.eq(self.finishing)]
         with m.If(self.finishing):
             self.sat(rq.saturated)
@@ -403,7 +410,7 @@ class RNNEngine(LoopNestEngine):
         self.m.d.comb += [self.mul_a.eq(self.w2.r.data), self.mul_b.eq(self.d2mem.r.data), self.init.eq(0)]
 
     def finish_BPTO(self, p):
-        self._bptt_finish(self.cf[0], Const(self._K - 1))
+        self._bptt_finish(self.cf[0], Const(self._K - 1), self.cd[0])
 
     def _bptt_step(self, s, name):
         """``(t, slot)`` of BPTH's outer step ``s``: step ``T - 2 - s``, slot ``K - 2 - s``."""
@@ -421,13 +428,19 @@ class RNNEngine(LoopNestEngine):
         self.m.d.comb += [self.w1.r.addr.eq(times_const(k, I + H) + (I + i)),          # W_h[k, i]
                           self.d1mem.r.addr.eq(times_const(slot + 1, H) + k),           # delta_{t+1}[k]
                           self.maskmem.r.addr.eq(times_const(t, H) + i)]
+        if self._leaky:
+            # (written by the step after this one, H x H cycles earlier; this step's element i
+            # overwrites it only at its own finish)
+            self.m.d.comb += self.keepmem.r.addr.eq(i)
 
     def stage_BPTH(self, p):
-        self.m.d.comb += [self.mul_a.eq(self.w1.r.data), self.mul_b.eq(self.d1mem.r.data), self.init.eq(0)]
+        # the leaky cell's sum starts from (1 - alpha) g_{t+1}[i], aligned to F_w + F_delta
+        init = self.keepmem.r.data << self._cfg.formats.weight.frac_bits if self._leaky else 0
+        self.m.d.comb += [self.mul_a.eq(self.w1.r.data), self.mul_b.eq(self.d1mem.r.data), self.init.eq(init)]
 
     def finish_BPTH(self, p):
         _, slot = self._bptt_step(self.cf[0], "bpth_f")
-        self._bptt_finish(self.cf[1], slot)
+        self._bptt_finish(self.cf[1], slot, self.cd[1])
 
     def _update(self, p, in_frac, port, addr, fmt, target, layer):
         """``port[addr] = sat_fmt(port[addr] - sat_target(round(lr * total)))`` (``target``: the

@@ -67,6 +67,8 @@ VARIANTS = {
                                                                                          leak_max_shift=3),
     "leaky_trace_sparse_window3_trunc": config(window=3, rounding={"forward": "trunc", "backward": "trunc"},
                                                lr_shift=(5, 4)).with_(cell="leaky", leak_max_shift=2),
+    # BPTT through the leak (13.9): the kept part of dL/dh_t starts the next step's sum
+    "leaky_bptt_window4": config(window=4, lr_shift=(6, 4)).with_(method="bptt", cell="leaky", leak_max_shift=3),
     # network.trace = false: alpha g at every step of the window
     "leaky_uniform_sparse_window5": config(window=5, lr_shift=(5, 4)).with_(cell="leaky", leak_max_shift=3,
                                                                              trace=False),
@@ -121,12 +123,10 @@ def test_host_map_writes_and_refusals():
 
 
 def test_engine_refuses_what_it_cannot_run():
-    """Stochastic rounding, BPTT on the leaky cell, and recurrences too short for the pipeline
-    (a state read back before it is written), are refused with the field and the reason."""
+    """Stochastic rounding, and recurrences too short for the pipeline (a state read back
+    before it is written), are refused with the field and the reason."""
     with pytest.raises(ConfigError, match="rounding.update"):
         RNNEngine(DENSE.with_(rounding_update="stochastic"))
-    with pytest.raises(ConfigError, match="network.cell: 'leaky' with method = \"bptt\" is not built"):
-        RNNEngine(DENSE.with_(cell="leaky", leak_max_shift=4, method="bptt"))
     need = PIPELINE_DEPTH + 1
     with pytest.raises(ConfigError, match=rf"network.hidden: 3 is too small: inputs \+ hidden must be at least {need}"):
         RNNEngine(DENSE.with_(inputs=2, hidden=3))
