@@ -66,7 +66,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from .rnn_config import leak_shifts
+from .rnn_config import MAX_LEAK_SHIFT, leak_shifts
 
 __all__ = ["RNNFeedback", "RNNConfig", "RNN", "costs", "METHODS", "feedback_engine_config", "adding_task", "load_task",
            "TASKS"]
@@ -204,8 +204,8 @@ class RNN:
         self.W_xh, self.W_hh, self.b_h = u(H, I), u(H, H), u(H)
         self.W_hy, self.b_y = u(O, H), u(O)
         if cfg.cell == "leaky":
-            if not 0 <= cfg.leak_max_shift <= 15:
-                raise ValueError(f"leak_max_shift {cfg.leak_max_shift} is out of range; must be 0 .. 15")
+            if not 0 <= cfg.leak_max_shift <= MAX_LEAK_SHIFT:
+                raise ValueError(f"leak_max_shift {cfg.leak_max_shift} is out of range; must be 0 .. {MAX_LEAK_SHIFT}")
             self.leak_shift = torch.tensor(leak_shifts(H, cfg.leak_max_shift))
         else:
             self.leak_shift = torch.zeros(H, dtype=torch.long)

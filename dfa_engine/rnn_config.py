@@ -33,13 +33,15 @@ from .config import (_read_formats, _read_learning_rate, _read_rounding_no_stoch
                      validate_formats)
 
 __all__ = ["RNNEngineConfig", "rnn_config_from_dict", "load_rnn_config", "validate_rnn", "RNN_METHODS", "RNN_CELLS",
-           "leak_shifts"]
+           "MAX_LEAK_SHIFT", "leak_shifts"]
 
 #: Training methods of the recurrent layer in fixed point: DFA through time (no backward
 #: pass through time), and BPTT truncated to the window (the baseline, section 13.8).
 RNN_METHODS = ("dfa", "bptt")
 #: Recurrent cells: Elman, and the leaky integrator with a power-of-two leak per neuron (13.9).
 RNN_CELLS = ("elman", "leaky")
+#: Largest leak shift (a time constant of 2^15 steps).
+MAX_LEAK_SHIFT = 15
 _SCHEMA = {
     "network": {"inputs", "hidden", "classes", "steps", "activation", "method", "window", "cell", "leak_max_shift",
                 "trace"},
@@ -216,7 +218,8 @@ def rnn_config_from_dict(data: dict) -> RNNEngineConfig:
         raise ConfigError("network.window", window, "must be \"all\", \"last\" or an integer number of steps")
     _int("network", "window", window, 1, steps)
     cell = _choice("network", "cell", net.get("cell", "elman"), RNN_CELLS)
-    leak_max_shift = _int("network", "leak_max_shift", net.get("leak_max_shift", 4 if cell == "leaky" else 0), 0, 15)
+    leak_max_shift = _int("network", "leak_max_shift", net.get("leak_max_shift", 4 if cell == "leaky" else 0), 0,
+                          MAX_LEAK_SHIFT)
     if cell == "elman" and leak_max_shift:
         raise ConfigError("network.leak_max_shift", leak_max_shift, "applies to cell = \"leaky\" only")
     trace = net.get("trace", True)

@@ -105,6 +105,11 @@ HYPERPARAMETERS: dict = {
 }
 
 
+def leak_max_shift_for(steps: int) -> int:
+    """The study's leaky cell: time constants from one step up to about the sequence, 2^s <= T."""
+    return max(0, int(steps).bit_length() - 1)
+
+
 def config(task: str, entry: str, meta: dict, lr=None, scale=None, storage="table"):
     from .rnn import RNNConfig, RNNFeedback
 
@@ -116,8 +121,7 @@ def config(task: str, entry: str, meta: dict, lr=None, scale=None, storage="tabl
     scale = hp_scale if scale is None else scale
     kind = FEEDBACK_KIND.get(entry, "dense")
     if over.get("cell") == "leaky":
-        # time constants from one step up to about the sequence: 2^s <= T
-        over["leak_max_shift"] = max(0, int(meta["T"]).bit_length() - 1)
+        over["leak_max_shift"] = leak_max_shift_for(meta["T"])
     fb = RNNFeedback(kind=kind, k=SPARSE_K, values="pm1", scale=scale if kind != "output" else 1.0,
                      storage=storage, seed=1)
     return RNNConfig(n_in=meta["n_in"], hidden=HIDDEN[task], n_out=meta["n_out"], activation=ACTIVATION,

@@ -72,12 +72,11 @@ def engine_dict(task: str, kind: str, formats=None, epochs: int = 10) -> dict:
         fb = {"kind": "sparse", "k": 1, "values": "pm1", "seed": 1}
     network = {"inputs": inputs, "hidden": HIDDEN[task], "classes": 10, "steps": steps,
                "activation": "hardtanh", "method": "dfa", "window": window}
-    from .study_rnn import ENTRIES
+    from .study_rnn import ENTRIES, leak_max_shift_for
 
     over = ENTRIES[SETTINGS[(task, kind)][0]][1]
-    if over.get("cell") == "leaky":
-        # the float study's leaky cell: time constants up to 2^s <= T
-        network.update(cell="leaky", leak_max_shift=steps.bit_length() - 1, trace=over.get("window") == "trace")
+    if over.get("cell") == "leaky":         # the float study's leaky cell
+        network.update(cell="leaky", leak_max_shift=leak_max_shift_for(steps), trace=over.get("window") == "trace")
     return {"network": network,
             "formats": fmts,
             "training": {"lr_shift": [base + s, base], "epochs": epochs, "seed": 0},

@@ -3,9 +3,10 @@
 One recurrent layer (Elman, or the leaky cell of section 13.9) trained by DFA through time
 (no backward pass through time; on the leaky cell through each neuron's eligibility trace) or
 by truncated BPTT (13.8, the baseline), and a dense readout of the last hidden state trained
-with its true gradient, one sequence at a time (batch 1). Every tensor is an int64 array of raw values. The sums of products are formed
-exactly: in float64 BLAS, which is exact because the configuration validator bounds every
-partial sum below 2**53 (as the MLP and CNN golden models do), then converted to int64,
+with its true gradient, one sequence at a time (batch 1). Every tensor is an int64 array of
+raw values. The sums of products are formed exactly: in float64 BLAS, which is exact because
+the configuration validator bounds every partial sum below 2**53 (as the MLP and CNN golden
+models do), then converted to int64,
 aligned by exact shifts, rounded once and saturated. The output error is the MLP golden
 model's (section 4), the requantization and saturation are :mod:`dfa_engine.fixed`'s, and the
 feedback matrix is the MLP's feedback generator's (:mod:`dfa_engine.feedback`, section 5).
