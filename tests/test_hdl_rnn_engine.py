@@ -4,9 +4,10 @@ bit: predictions, output errors, every weight and bias, and the counters.
 Small recurrent networks on sklearn's 8x8 digits read row by row (8 steps of 8 pixels) in
 Amaranth's simulator, one variant of each option (dense and sparse feedback with pm1 and
 pow2 values, windows of 1, 3 and all steps, ReLU and hardtanh, learning-rate shifts and a
-multiplier, truncation, saturation; and the BPTT baseline, truncated and full); then a
-dense-feedback, a sparse-feedback and a BPTT network over 100 real sequences each in
-Verilator with random idle cycles and backpressure.
+multiplier, truncation, saturation; the BPTT baseline, truncated and full; the leaky cell
+with DFA through the trace, with ``trace = false`` and with BPTT); then a dense-feedback, a
+sparse-feedback, a BPTT and a leaky network over 100 real sequences each in Verilator with
+random idle cycles and backpressure.
 """
 
 import numpy as np
