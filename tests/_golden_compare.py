@@ -1,9 +1,19 @@
-"""Checks shared by the CNN and RNN engine tests: run the family's golden model over the same
-samples the engine saw, and compare results and parameters element by element."""
+"""Checks shared by the CNN and RNN engine tests: sklearn digits as 8-bit samples, run the
+family's golden model over the same samples the engine saw, and compare results and
+parameters element by element."""
 
 import numpy as np
+from sklearn.datasets import load_digits
 
 from dfa_engine.sim.golden_feed import golden_model
+
+
+def digits_u8(n, offset, shape):
+    """``n`` sklearn digits from ``offset``, pixels 0..16 scaled to raw ``u0.8`` (0..255), each
+    reshaped to ``shape`` (the CNN's ``(1, 8, 8)`` image, the RNN's 8 steps of 8 pixels)."""
+    X, Y = load_digits(return_X_y=True)
+    X = np.clip(np.round(X / 16 * 255), 0, 255).astype(np.int64).reshape(-1, *shape)
+    return X[offset:offset + n], Y[offset:offset + n].astype(np.int64)
 
 
 def golden_run(cfg, X, Y, train):

@@ -12,7 +12,6 @@ import dataclasses
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from dfa_engine.cnn_config import cnn_config_from_dict
 from dfa_engine.config import ConfigError
@@ -21,7 +20,7 @@ from dfa_engine.hdl.cnn_engine import (CNN_COUNTERS, CNNEngine, cnn_address_layo
 from dfa_engine.sim.amaranth_tb import cycles_after_load, run_engine
 from dfa_engine.sim.golden_cnn import GoldenCNN, initial_cnn_parameters
 
-from _golden_compare import assert_matches_golden, golden_run
+from _golden_compare import assert_matches_golden, digits_u8, golden_run
 
 FORMATS = {"input": "u0.8", "weight": "s1.14", "bias": "s1.14", "activation": "s5.10", "error": "s1.14",
            "feedback": "s1.6", "delta": "s1.14", "update": "s1.14", "learning_rate": "u0.16"}
@@ -48,9 +47,7 @@ def config(layers, *, activation="hardtanh", formats=None, lr_shift=None, feedba
 
 
 def digits(n, offset=0):
-    X, Y = load_digits(return_X_y=True)
-    X = np.clip(np.round(X / 16 * 255), 0, 255).astype(np.int64).reshape(-1, 1, 8, 8)
-    return X[offset:offset + n], Y[offset:offset + n].astype(np.int64)
+    return digits_u8(n, offset, (1, 8, 8))
 
 
 # the two networks of the Verilator runs: a grouped BP conv under a dilated DFA conv, and

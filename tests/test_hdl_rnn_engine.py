@@ -12,7 +12,6 @@ random idle cycles and backpressure.
 
 import numpy as np
 import pytest
-from sklearn.datasets import load_digits
 
 from dfa_engine.config import ConfigError
 from dfa_engine.hdl.loopnest import PIPELINE_DEPTH
@@ -21,7 +20,7 @@ from dfa_engine.rnn_config import rnn_config_from_dict
 from dfa_engine.sim.amaranth_tb import cycles_after_load, run_engine
 from dfa_engine.sim.golden_rnn import initial_rnn_parameters
 
-from _golden_compare import assert_matches_golden, golden_run
+from _golden_compare import assert_matches_golden, digits_u8, golden_run
 
 FORMATS = {"input": "u0.8", "weight": "s1.14", "bias": "s1.14", "activation": "s5.10", "error": "s1.14",
            "feedback": "s1.6", "delta": "s1.14", "update": "s1.14", "learning_rate": "u0.16"}
@@ -43,9 +42,7 @@ def config(*, hidden=12, window=3, activation="hardtanh", formats=None, lr_shift
 
 def rows(n, offset=0):
     """sklearn digits as sequences: row t of the image is step t (8 steps of 8 pixels)."""
-    X, Y = load_digits(return_X_y=True)
-    X = np.clip(np.round(X / 16 * 255), 0, 255).astype(np.int64).reshape(-1, 8, 8)
-    return X[offset:offset + n], Y[offset:offset + n].astype(np.int64)
+    return digits_u8(n, offset, (8, 8))
 
 
 DENSE = config(feedback={"kind": "dense", "values": "fixed"}, formats={"feedback": "s0.7"}, lr_shift=(8, 4))
