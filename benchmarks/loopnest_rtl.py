@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from dfa_engine.config import load_engine_config
 from dfa_engine.data import load_dataset
 from dfa_engine.gen.generate import loopnest_engine_info
-from dfa_engine.sim.verilator_run import build_engine, run_training
+from dfa_engine.sim.verilator_run import train_then_infer
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = {"cnn": "examples/cnn_2conv_hybrid.toml", "rnn": "examples/rnn_rowwise_dfa.toml",
@@ -39,21 +38,14 @@ def run_case(name, nt, ne):
     X = cfg.formats.input.from_float(np.concatenate([ds.x_train[:nt], ds.x_test[:ne]]))
     X = X.reshape(len(X), *cfg.input_shape) if name == "cnn" else X.reshape(len(X), cfg.steps, cfg.inputs)
     Y = np.concatenate([ds.y_train[:nt], ds.y_test[:ne]])
-    train = np.arange(nt + ne) < nt
-    t0 = time.perf_counter()
-    build_engine(cfg, nt + ne, pgo=True)
-    build_s = time.perf_counter() - t0
-    s = run_training(cfg, X, Y, train, max_samples=nt + ne, tag="bench", pgo=True)
-    cycles = [r["cycle"] for r in s["results"]]
-    per_train = float(np.mean(np.diff(cycles[:nt]))) if nt > 1 else float("nan")
+    s = train_then_infer(cfg, X, Y, nt, tag="bench")
     sched = loopnest_engine_info(cfg)["cycles_per_sample"]
-    acc = float(np.mean(np.array([r["prediction"] for r in s["results"][nt:]]) == Y[nt:])) if ne else None
     return {"case": name, "config": CASES[name], "network": cfg.network_name, "train_samples": nt, "test_samples": ne,
-            "bit_exact": s["mismatch"] is None and bool(s.get("params_equal")),
-            "cycles_per_sample": per_train, "schedule_cycles_per_sample": sched["train_sample"],
+            "bit_exact": s["bit_exact"],
+            "cycles_per_sample": s["cycles_per_train_sample"], "schedule_cycles_per_sample": sched["train_sample"],
             "loop_terms_per_sample": sched["terms_per_sample"],
-            "sim_cycles_per_second": s["sim_cycles_per_second"], "rtl_test_accuracy": acc,
-            "build_s": round(build_s, 1), "run_s": round(s["wall_seconds_total"], 1)}
+            "sim_cycles_per_second": s["sim_cycles_per_second"], "rtl_test_accuracy": s["test_accuracy"],
+            "build_s": round(s["build_seconds"], 1), "run_s": round(s["wall_seconds_total"], 1)}
 
 
 def main(argv=None):

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import numpy as np
 
@@ -21,7 +20,7 @@ from dfa_engine.config import load_config
 from dfa_engine.data import load_dataset
 from dfa_engine.gen.generate import estimate_cycles
 from dfa_engine.sim.golden import GoldenModel
-from dfa_engine.sim.verilator_run import build_engine, run_training
+from dfa_engine.sim.verilator_run import train_then_infer
 
 
 def main(argv=None):
@@ -40,14 +39,8 @@ def main(argv=None):
     nt, ne = args.train_samples, args.test_samples
     X = cfg.formats.input.from_float(np.concatenate([ds.x_train[:nt], ds.x_test[:ne]]))
     Y = np.concatenate([ds.y_train[:nt], ds.y_test[:ne]])
-    train = np.arange(nt + ne) < nt
-    t0 = time.perf_counter()
-    build_engine(cfg, nt + ne, pgo=True)
-    build_s = time.perf_counter() - t0
-    s = run_training(cfg, X, Y, train, max_samples=nt + ne, tag="bench", pgo=True)
-    cycles = [r["cycle"] for r in s["results"]]
-    per_train = float(np.mean(np.diff(cycles[:nt]))) if nt > 1 else float("nan")
-    rtl_acc = float(np.mean(np.array([r["prediction"] for r in s["results"][nt:]]) == Y[nt:]))
+    s = train_then_infer(cfg, X, Y, nt, tag="bench")
+    per_train, build_s, rtl_acc = s["cycles_per_train_sample"], s["build_seconds"], s["test_accuracy"]
     golden = GoldenModel(cfg)
     golden.train_epoch(X[:nt], Y[:nt])
     golden_acc = golden.evaluate(X[nt:], Y[nt:])

@@ -140,7 +140,7 @@ def _cmd_rtl(args) -> int:
 
     from .data import load_dataset
     from .gen.generate import estimate_cycles
-    from .sim.verilator_run import build_engine, run_training
+    from .sim.verilator_run import train_then_infer
 
     from .hdl.family import engine_family
 
@@ -162,7 +162,6 @@ def _cmd_rtl(args) -> int:
     elif family == "rnn":
         X = X.reshape(len(X), cfg.steps, cfg.inputs)       # row t of the image is step t
     Y = np.concatenate([ds.y_train[:n_train], ds.y_test[:n_test]])
-    train = np.arange(n_train + n_test) < n_train
     if family == "rnn":
         fb = cfg.feedback
         print(f"dfa-engine rtl: RNN {cfg.network_name} (DFA through time, window {cfg.window} steps, feedback "
@@ -177,34 +176,27 @@ def _cmd_rtl(args) -> int:
         print(f"dfa-engine rtl: {cfg.network_name} ({','.join(cfg.methods) or '-'}, feedback {cfg.feedback.kind} "
               f"k={cfg.feedback.k} {cfg.feedback.storage}), P = {cfg.lanes} lanes; {args.dataset}: "
               f"train on {n_train} samples, then infer {n_test} test samples")
-    t0 = time.perf_counter()
     print("generating Verilog and building it with Verilator (cached per configuration) ...", flush=True)
-    build_engine(cfg, n_train + n_test, pgo=True)
-    print(f"built in {time.perf_counter() - t0:.0f} s")
     bar = ProgressBar(n_train + n_test, "simulating", force=args.progress)
-    summary = run_training(cfg, X, Y, train, max_samples=n_train + n_test, tag="main", progress=bar, pgo=True)
+    summary = train_then_infer(cfg, X, Y, n_train, tag="main", progress=bar,
+                               on_built=lambda seconds: print(f"built in {seconds:.0f} s", flush=True))
     bar(n_train + n_test)
-    results = summary["results"]
-    cycles = [r["cycle"] for r in results]
-    train_cycles = np.diff([0] + cycles[:n_train])[1:] if n_train > 1 else []
-    test_pred = np.array([r["prediction"] for r in results[n_train:]])
-    acc = float(np.mean(test_pred == Y[n_train:])) if n_test else float("nan")
+    per_train, acc, bit_exact = summary["cycles_per_train_sample"], summary["test_accuracy"], summary["bit_exact"]
     if family != "mlp":
         from .gen.generate import loopnest_engine_info
 
         est = loopnest_engine_info(cfg)["cycles_per_sample"]
     else:
         est = estimate_cycles(cfg)
-    bit_exact = summary["mismatch"] is None and summary.get("params_equal", False)
     if n_test:
         print(f"test accuracy (RTL, {n_test} samples after {n_train} training samples): {acc:.4f}")
     else:
         print(f"no test samples asked for (trained on {n_train})")
-    if len(train_cycles) and family != "mlp":
-        print(f"cycles per training sample: {np.mean(train_cycles):,.0f} "
+    if n_train > 1 and family != "mlp":
+        print(f"cycles per training sample: {per_train:,.0f} "
               f"(the schedule: {est['train_sample']:,}, of which {est['terms_per_sample']:,} loop terms)")
-    elif len(train_cycles):
-        print(f"cycles per training sample: {np.mean(train_cycles):,.0f} "
+    elif n_train > 1:
+        print(f"cycles per training sample: {per_train:,.0f} "
               f"(ideal (forward + update MACs) / P = {est['ideal_train_sample']:,.0f})")
     print(f"simulated {summary['cycles']:,} cycles in {summary['wall_seconds']:.1f} s "
           f"({summary['sim_cycles_per_second']:,.0f} cycles/s)")

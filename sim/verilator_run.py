@@ -259,6 +259,30 @@ def run_training(cfg: EngineConfig, X, Y, train=None, *, idle=0.0, backpressure=
     return summary
 
 
+def train_then_infer(cfg: EngineConfig, X, Y, n_train: int, *, tag: str, progress=None, on_built=None) -> dict:
+    """The run of ``dfa-engine rtl`` and the RTL benchmarks: build the engine for ``len(X)``
+    samples (profile-guided), train it on the first ``n_train``, infer the rest, every result
+    checked against the golden model. Returns :func:`run_training`'s summary plus
+    ``build_seconds``, ``cycles_per_train_sample`` (mean cycles between consecutive training
+    results; NaN below two), ``test_accuracy`` (None without test samples) and ``bit_exact``.
+    ``on_built(seconds)`` is called between the build and the run."""
+    n = len(X)
+    Y = np.asarray(Y)
+    t0 = time.perf_counter()
+    build_engine(cfg, n, pgo=True)
+    build_s = time.perf_counter() - t0
+    if on_built is not None:
+        on_built(build_s)
+    s = run_training(cfg, X, Y, np.arange(n) < n_train, max_samples=n, tag=tag, progress=progress, pgo=True)
+    cycles = [r["cycle"] for r in s["results"]]
+    predictions = np.array([r["prediction"] for r in s["results"][n_train:]])
+    s.update(build_seconds=build_s,
+             cycles_per_train_sample=float(np.mean(np.diff(cycles[:n_train]))) if n_train > 1 else float("nan"),
+             test_accuracy=float(np.mean(predictions == Y[n_train:])) if n > n_train else None,
+             bit_exact=s["mismatch"] is None and bool(s.get("params_equal")))
+    return s
+
+
 def _prepare_run(build_dir, tag, cfg, X, Y, train) -> Path:
     """A fresh run directory with the harness's input files and the cocotb module's data."""
     run_dir = build_dir / f"run_{tag}_{os.getpid()}"
