@@ -17,8 +17,9 @@ from dfa_engine.feedback import initial_parameters
 from dfa_engine.hdl.engine import COUNTERS, Engine, address_layout
 from dfa_engine.hdl.feedback import SparseProjection
 from dfa_engine.hdl.mac import MACArray
+from dfa_engine.hdl.output_error import OutputError
 from dfa_engine.hdl.update import UPDATE_LATENCY
-from dfa_engine.tables import EXP_FRAC_BITS, exp_table
+from dfa_engine.tables import exp_table
 
 __all__ = ["generate", "generate_loopnest", "loopnest_engine_info", "engine_info", "estimate_cycles", "check_feasible", "memory_bits", "TOP_NAME"]
 
@@ -57,11 +58,8 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     fwd_drain = drain + 1 + MACArray.PRODUCT_STAGES     # the MAC's stages and the result register
     fwd = sum(pass_cycles(words[l], one_pass) + fwd_drain + (lat if one_pass else 0) for l in range(L))
     fwd_infer = sum(words[l] + fwd_drain + (lat if one_pass else 0) for l in range(L))
-    # output error: start, max (C + 1: one class read a cycle, compared the next), exp
-    # (C + 4: a 4-stage pipeline), divide (33), then per class a read, a load, a
-    # shift-and-add multiply (one bit of E a cycle), a rounding and a store
-    ew = EXP_FRAC_BITS + 1
-    err = 1 + (C + 1) + C + 4 + 33 + C * (ew + 4) + 1 + 1
+    # output error: start, max, exp, divide, a radix-4 multiplication per class
+    err = OutputError.cycles(C)
     delta_out = groups[-1]
     # a sparse layer issues one group a cycle into the projection's pipeline
     # (SparseProjection.LATENCY), or one every C + 1 cycles when it reads e one class a

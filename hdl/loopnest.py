@@ -89,12 +89,8 @@ class PassPlan:
 
 
 def output_error_cycles(cfg) -> int:
-    """Cycles of the output-error unit (``hdl/output_error.py``) with one logit a cycle:
-    start, max, exp, divide, and per class a shift-and-add multiplication."""
-    from dfa_engine.tables import EXP_FRAC_BITS
-
-    C = cfg.n_classes
-    return 1 + (C + 1) + C + 4 + 33 + C * (EXP_FRAC_BITS + 1 + 4) + 1 + 1
+    """Cycles of the output-error unit (``hdl/output_error.py``), as in the MLP."""
+    return OutputError.cycles(cfg.n_classes)
 
 
 def schedule_cycles(fwd, bwd, n_inputs: int, cfg) -> dict:

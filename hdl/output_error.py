@@ -2,9 +2,11 @@
 
 Sequential and small: one class per cycle for the maximum, one per cycle for the exp-table
 look-up and the sum, a 1-bit-per-cycle restoring divider for ``R = floor(2^31 / S)``, and
-for each class a shift-and-add multiplication ``E R`` (one bit of ``E`` a cycle) for
-``p = round(E R)``. About ``(E_bits + 6) C + 41`` cycles per sample, next to the thousands
-of the MAC passes, and no multiplier: on the iCE40 UP5K the 8 DSPs all go to the lanes.
+for each class a shift-and-add multiplication ``E R`` (two bits of ``E`` a cycle, from the
+multiples 0, R, 2R and 3R) for ``p = round(E R)``, its rounding and store overlapped with
+the next class's multiplication. ``OutputError.cycles(C)`` cycles per sample (``(E_bits / 2
++ 2) C + 42``), next to the thousands of the MAC passes, and no multiplier: on the iCE40
+UP5K the 8 DSPs all go to the lanes.
 The unit owns the logits (in a small RAM, written by the engine, ``P`` a cycle, as the MAC
 array produces them) and the output error registers (read by the engine until the next
 start), so neither is held twice. The prediction (first maximum) falls out of the first pass.
@@ -12,7 +14,7 @@ start), so neither is held twice. The prediction (first maximum) falls out of th
 
 from __future__ import annotations
 
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, memory, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -45,6 +47,17 @@ class OutputError(wiring.Component):
     e : Out(ArrayLayout(error, C))
         The output error, valid from ``o.valid`` until the next start.
     """
+
+    #: Steps of the radix-4 multiplication E R, one a cycle (two bits of E each).
+    MUL_STEPS = (EXP_FRAC_BITS + 2) // 2
+
+    @classmethod
+    def cycles(cls, n_classes: int) -> int:
+        """Cycles the unit adds to a sample: the start's transfer 1, MAX ``C + 1``, EXP
+        ``C + 4``, the divider ``RECIP_BITS + 2``, a class every ``MUL_STEPS`` cycles, the
+        last product's rounding and store 2, the transfer on ``o`` 1."""
+        C = n_classes
+        return 1 + (C + 1) + (C + 4) + (RECIP_BITS + 2) + C * cls.MUL_STEPS + 2 + 1
 
     def __init__(self, cfg: EngineConfig, lanes: int = 1):
         if not isinstance(lanes, int) or lanes < 1:
@@ -140,23 +153,38 @@ class OutputError(wiring.Component):
         e_now = Signal(EXP_FRAC_BITS + 1)
         m.d.comb += e_now.eq(in2.replicate(EXP_FRAC_BITS + 1) & rd.data)
 
-        # E R by shift and add, one bit of E a cycle (the accumulator's high part gets R or
-        # 0, then the whole shifts right): after len(E) steps acc = E R exactly.
+        # E R by shift and add, two bits of E a cycle: the accumulator's high part gets 0,
+        # R, 2R or 3R (3R formed once, when the divider ends), then the whole shifts right
+        # by two; after D = ceil(len(E) / 2) steps acc = E R exactly. The product is
+        # rounded (prod -> rounded) and stored (-> e) in the two cycles after its last step,
+        # while the next class's multiplication runs: D cycles a class.
         qw = RECIP_BITS + 1
-        acc = Signal(ew + qw)
-        mul_e = Signal(ew)
-        step = Signal(range(ew + 1))
-        added = Signal(qw + 1)
-        m.d.comb += added.eq(acc[ew:] + Mux(mul_e[0], quo, 0))
+        D = self.MUL_STEPS
+        assert D >= 3, "the next class's read is issued two steps before the last"
+        ew2 = 2 * D
+        acc = Signal(ew2 + qw)
+        mul_e = Signal(ew2)
+        step = Signal(range(D))
+        r3 = Signal(qw + 2)
+        multiple = Signal(qw + 2)
+        m.d.comb += multiple.eq(Array([Const(0, qw), quo, quo << 1, r3])[mul_e[:2]])
+        added = Signal(qw + 2)
+        m.d.comb += added.eq(acc[ew2:] + multiple)
+        acc_next = Signal(len(acc))
+        m.d.comb += acc_next.eq(Cat(acc[2:ew2], added))
+        cls = Signal(range(C + 1))                  # the class being multiplied
+        cls_hit = Signal()                          # ... is the label's
         shift = RECIP_BITS - fe
         # E <= S, so E R <= 2^31: the product fits 32 bits, and rounding it is a 32-bit add
-        # (ROUND, registered), the label's one and the saturation the next cycle (STORE):
-        # one 50-bit chain of both was the UP5K build's critical path.
+        # (registered), the label's one and the saturation the next cycle (the store): one
+        # 50-bit chain of both was the UP5K build's critical path.
         assert RECIP_BITS == 31
-        rounded = Signal(32 - shift + 1)
-        hit = Signal()                              # idx is the label's class
+        prod, prod_valid = Signal(32), Signal()
+        prod_cls, prod_hit = Signal(range(C)), Signal()
+        rounded, r_valid = Signal(32 - shift + 1), Signal()
+        r_cls, r_hit = Signal(range(C)), Signal()
         p = Signal(signed(len(rounded) + 2))
-        m.d.comb += p.eq(rounded - hit * (1 << fe))
+        m.d.comb += p.eq(rounded - r_hit * (1 << fe))
         e_sat = Signal(f.error.amaranth_shape())
         is_sat = Signal()
         with m.If(p > f.error.max_raw):
@@ -165,6 +193,13 @@ class OutputError(wiring.Component):
             m.d.comb += [e_sat.eq(f.error.min_raw), is_sat.eq(1)]
         with m.Else():
             m.d.comb += e_sat.eq(p)
+
+        m.d.sync += [prod_valid.eq(0), r_valid.eq(prod_valid)]
+        with m.If(prod_valid):
+            m.d.sync += [rounded.eq((prod + (1 << (shift - 1))) >> shift), r_cls.eq(prod_cls), r_hit.eq(prod_hit)]
+        with m.If(r_valid):
+            m.d.sync += [self.e[r_cls].eq(e_sat), sat_count.eq(sat_count + is_sat)]
+        m.d.comb += [self.o.payload.prediction.eq(pred), self.o.payload.saturated.eq(sat_count)]
 
         with m.FSM():
             with m.State("IDLE"):
@@ -195,13 +230,15 @@ class OutputError(wiring.Component):
                                                Cat(e_now, Const(0, vw - ew)).replicate(P))]
                     m.d.sync += S.eq(S + e_now)
                 with m.If((idx == C) & ~v0 & ~v1 & ~v2):
-                    m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1)]
+                    # class 0's E is read during the whole division (idx = 0)
+                    m.d.sync += [rem.eq(0), quo.eq(0), bit.eq(RECIP_BITS + 1), idx.eq(0)]
                     m.next = "DIV"
             with m.State("DIV"):
                 # Dividend 2^31: bit 31 set, all lower bits zero.
                 with m.If(bit == 0):
-                    m.d.sync += [idx.eq(0), sat_count.eq(0)]
-                    m.next = "PROB"
+                    m.d.sync += [r3.eq(quo + (quo << 1)), sat_count.eq(0),
+                                 acc.eq(0), mul_e.eq(E_sel), step.eq(0), cls.eq(0), cls_hit.eq(label == 0)]
+                    m.next = "MUL"
                 with m.Else():
                     trial = Signal(len(rem) + 1)
                     m.d.comb += trial.eq((rem << 1) | (bit == RECIP_BITS + 1))
@@ -210,27 +247,24 @@ class OutputError(wiring.Component):
                     with m.Else():
                         m.d.sync += [rem.eq(trial), quo.eq(quo << 1)]
                     m.d.sync += bit.eq(bit - 1)
-            with m.State("PROB"):
-                # (class idx is read this cycle; its E is in v_sel the next)
-                with m.If(idx == C):
-                    m.d.sync += [self.o.valid.eq(1), self.o.payload.prediction.eq(pred),
-                                 self.o.payload.saturated.eq(sat_count)]
-                    m.next = "OUT"
-                with m.Else():
-                    m.next = "LOAD"
-            with m.State("LOAD"):
-                m.d.sync += [acc.eq(0), mul_e.eq(E_sel), step.eq(0), hit.eq(idx == label)]
-                m.next = "MUL"
             with m.State("MUL"):
-                m.d.sync += [acc.eq(Cat(acc[1:ew], added)), mul_e.eq(mul_e >> 1), step.eq(step + 1)]
-                with m.If(step == ew - 1):
-                    m.next = "ROUND"
-            with m.State("ROUND"):
-                m.d.sync += rounded.eq((acc[:32] + (1 << (shift - 1))) >> shift)
-                m.next = "STORE"
-            with m.State("STORE"):
-                m.d.sync += [self.e[idx].eq(e_sat), sat_count.eq(sat_count + is_sat), idx.eq(idx + 1)]
-                m.next = "PROB"
+                # class idx (= cls until step D - 3, then the next) is read; E_sel shows the
+                # next class at the last step, which loads it
+                with m.If(step == D - 3):
+                    m.d.sync += idx.eq(idx + 1)
+                with m.If(step == D - 1):
+                    m.d.sync += [prod.eq(acc_next[:32]), prod_valid.eq(1), prod_cls.eq(cls), prod_hit.eq(cls_hit),
+                                 acc.eq(0), mul_e.eq(E_sel), step.eq(0), cls.eq(idx_q), cls_hit.eq(idx_q == label)]
+                    with m.If(idx_q == C):
+                        m.next = "DRAIN"
+                with m.Else():
+                    m.d.sync += [acc.eq(acc_next), mul_e.eq(mul_e >> 2), step.eq(step + 1)]
+            with m.State("DRAIN"):
+                # the last product is rounded (prod_valid), then stored as o.valid rises:
+                # e and the count are complete when o.valid shows
+                with m.If(~prod_valid):
+                    m.d.sync += self.o.valid.eq(1)
+                    m.next = "OUT"
             with m.State("OUT"):
                 with m.If(self.o.ready):
                     m.d.sync += self.o.valid.eq(0)
