@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from dfa_engine.rnn import load_task  # noqa: E402
 from dfa_engine.study_rnn import ENTRIES, config, train  # noqa: E402
 
-DEFAULT = "bptt,bptt_leaky,bptt_leaky@0.3,dfa_w4,dfa_leaky,dfa_trace,dfa_sparse_trace"
+DEFAULT = "bptt,bptt_leaky,dfa_w4,dfa_leaky,dfa_trace,dfa_sparse_trace,wout_leaky,wout_trace"
 
 
 def main(argv=None):

@@ -340,3 +340,14 @@ def test_quick_rnn_study_writes_json_and_plot(tmp_path):
     assert r["dfa_sparse"]["error_macs"] < r["dfa"]["error_macs"] < r["bptt"]["error_macs"]
     assert r["dfa"]["no_backward_through_time"] and not r["bptt"]["no_backward_through_time"]
     assert "acceptance" in report and png.stat().st_size > 0
+
+
+def test_every_study_entry_has_a_tuned_setting_for_every_task():
+    """``study_rnn.config`` falls back to (0.1, 0.1) for a pair the tuning never saw, which
+    would put an untuned entry in the study's tables; every (task, entry) pair is tuned."""
+    from dfa_engine.study_rnn import ENTRIES, HYPERPARAMETERS, LR_GRID, SCALE_GRID
+
+    tasks = ("mnist5k", "digits", "adding")
+    missing = [(t, e) for t in tasks for e in ENTRIES if (t, e) not in HYPERPARAMETERS]
+    assert missing == []
+    assert all(lr in LR_GRID and scale in SCALE_GRID for lr, scale in HYPERPARAMETERS.values())
