@@ -14,6 +14,11 @@ from dfa_engine.gen.generate import estimate_cycles
 from dfa_engine.sim.verilator_run import run_training
 
 CONFIGS = {
+    # 2 hidden layers, both sparse DFA (one projection phase for both), P=8, one-pass
+    "dfa-2hidden-P8": {"network": {"layers": [64, 24, 16, 10], "method": "dfa"}, "training": {"lr_shift": 5},
+                       "hardware": {"lanes": 8}},
+    # no hidden layer: the output layer alone (no projection, no BP pass)
+    "no-hidden-P4": {"network": {"layers": [64, 10]}, "training": {"lr_shift": 5}, "hardware": {"lanes": 4}},
     # 1 hidden layer, sparse DFA k=1 (+-1), P=4, default formats
     "dfa-k1-P4": {"network": {"layers": [64, 32, 10], "method": "dfa"}, "training": {"lr_shift": 5},
                   "hardware": {"lanes": 4, "schedule": "two_pass"}},
@@ -151,7 +156,7 @@ def test_rtl_directed_port_cases(case):
 
 
 @pytest.mark.parametrize("name", ["dfa-k1-P4-one-pass", "dfa-k1-P4-single-port", "bp-P1-multiplier", "dense-P4",
-                                  "dfa-k2-P16-serial"])
+                                  "dfa-k2-P16-serial", "dfa-2hidden-P8", "no-hidden-P4"])
 def test_rtl_cycles_per_sample_equal_the_cycle_model(name):
     """Without idle or backpressure, the cycles between consecutive training results are
     exactly the cycle model's (``estimate_cycles``), for dual- and single-port weights."""
