@@ -74,7 +74,8 @@ def estimate_cycles(cfg: EngineConfig) -> dict:
     # DELTA_BP_NEXT visits each hidden layer once (top down) when some layer uses BP, a BP
     # layer adding its transposed pass and drain; without one it is a single cycle
     has_bp = any(cfg.methods[l] == "bp" for l in range(L - 1))
-    bp = sum(n[l + 1] * groups[l + 1] + drain for l in range(L - 1) if cfg.methods[l] == "bp") + (L - 1 if has_bp else 1)
+    bp = (sum(n[l + 1] * groups[l + 1] + drain for l in range(L - 1) if cfg.methods[l] == "bp")
+          + (L - 1 if has_bp else 1))
     upd_pass = [pass_cycles(words[l], True) + drain + lat - 1 for l in range(L)]
     upd = 1 if one_pass else 1 + sum(upd_pass)   # one-pass: COMMIT
     load = n[0] + 1
