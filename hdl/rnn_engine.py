@@ -106,6 +106,11 @@ def _check(cfg: RNNEngineConfig):
                        ("update", cfg.rounding_update)):
         if mode not in ("nearest", "trunc"):
             raise ConfigError(f"rounding.{name}", mode, "is not implemented by the RNN engine (nearest or trunc)")
+    if cfg.feedback.storage != "table" and cfg.method != "bptt":
+        # the golden model and the float study count an LFSR's 0 bits; an engine that stored
+        # the lists anyway would not be what was asked for
+        raise ConfigError("feedback.storage", cfg.feedback.storage,
+                          "is not implemented by the RNN engine yet: it stores the feedback (\"table\")")
 
 
 def rnn_schedule(cfg: RNNEngineConfig) -> tuple:

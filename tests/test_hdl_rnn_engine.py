@@ -10,6 +10,8 @@ sparse-feedback, a BPTT and a leaky network over 100 real sequences each in Veri
 random idle cycles and backpressure.
 """
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -130,6 +132,10 @@ def test_engine_refuses_what_it_cannot_run():
         RNNEngine(DENSE.with_(inputs=2, hidden=3))
     with pytest.raises(ConfigError, match=f"network.hidden: 4 is too small for BPTT on this engine: at least {need}"):
         RNNEngine(DENSE.with_(hidden=4, method="bptt"))
+    lfsr = dataclasses.replace(DENSE.feedback, kind="sparse", storage="lfsr")
+    with pytest.raises(ConfigError, match="feedback.storage: 'lfsr' is not implemented by the RNN engine yet"):
+        RNNEngine(DENSE.with_(feedback=lfsr))
+    RNNEngine(DENSE.with_(feedback=lfsr, method="bptt"))     # BPTT reads no feedback
 
 
 def test_cycle_count_is_the_schedule():
