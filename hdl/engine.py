@@ -36,7 +36,7 @@ from dfa_engine.feedback import feedback_matrix, initial_parameters, sparse_feed
 from dfa_engine.lfsr import seed_state
 
 from .arith import LFSRDraw, Requantize, hardtanh, times_const
-from .feedback import SparseProjection, entry_layout
+from .feedback import SparseProjection, entry_layout, lfsr_entry
 from .mac import MACArray
 from .memory import DelayLine, SinglePortRAM, is_ice40_up, spram_plan
 from .output_error import OutputError
@@ -624,18 +624,11 @@ class Engine(wiring.Component):
                     fields = []
                     for p in range(P):
                         w0 = gen.words[(p * k) * 32:(p * k) * 32 + 32]
-                        base = Signal(_bits(C), name=f"fb_base{l + 1}_{p}")
-                        m.d.comb += base.eq(times_const(w0[:16], C) >> 16)
                         for jj in range(k):
                             w = gen.words[(p * k + jj) * 32:(p * k + jj) * 32 + 32]
-                            idx = Signal(_bits(C), name=f"fb_idx{l + 1}_{p}_{jj}")
-                            m.d.comb += idx.eq(Mux(base + jj >= C, base + jj - C, base + jj))
                             ent = Signal(ent_layout, name=f"fb_ent{l + 1}_{p}_{jj}")
-                            m.d.comb += [ent.index.eq(idx), ent.sign.eq(w[16])]
-                            if cfg.feedback.values == "pow2":
-                                m.d.comb += ent.shift.eq(times_const(w[17:32], cfg.feedback.max_shift + 1) >> 15)
-                            if cfg.feedback.values == "fixed":
-                                m.d.comb += ent.magnitude.eq(1 + (times_const(w[17:32], f.feedback.max_raw) >> 15))
+                            for name, value in lfsr_entry(cfg.feedback, C, f.feedback.max_raw, w0, w, jj).items():
+                                m.d.comb += getattr(ent, name).eq(value)
                             fields.append(ent.as_value())
                     with m.If(issue):
                         m.d.sync += entries.eq(Cat(*fields))

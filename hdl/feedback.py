@@ -17,9 +17,9 @@ from amaranth.lib.wiring import In, Out
 
 from dfa_engine.config import EngineConfig
 
-from .arith import Requantize
+from .arith import Requantize, times_const
 
-__all__ = ["SparseProjection", "entry_layout"]
+__all__ = ["SparseProjection", "entry_layout", "lfsr_entry"]
 
 
 def entry_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -31,6 +31,22 @@ def entry_layout(cfg: EngineConfig) -> data.StructLayout:
     if fb.values == "fixed":
         fields["magnitude"] = cfg.formats.feedback.width - 1
     return data.StructLayout(fields)
+
+
+def lfsr_entry(fb, n_classes: int, max_raw: int, base_word, word, m):
+    """Entry ``m`` of a row regenerated from its LFSR draws, as ``dfa_engine.feedback.
+    sparse_feedback`` defines it: ``base_word`` is the row's first draw ``w_0`` (its low 16
+    bits suffice), ``word`` its draw ``w_m``; ``m`` an int or a value below ``C``. Returns a
+    dict of expressions for the fields of :func:`entry_layout` (``index``, ``sign`` and, by
+    ``fb.values``, ``shift`` or ``magnitude``); no divider, constant multipliers only."""
+    C = n_classes
+    base = times_const(base_word[:16], C) >> 16
+    fields = {"index": Mux(base + m >= C, base + m - C, base + m), "sign": word[16]}
+    if fb.values == "pow2":
+        fields["shift"] = times_const(word[17:32], fb.max_shift + 1) >> 15
+    if fb.values == "fixed":
+        fields["magnitude"] = 1 + (times_const(word[17:32], max_raw) >> 15)
+    return fields
 
 
 class SparseProjection(wiring.Component):

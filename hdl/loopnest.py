@@ -327,7 +327,7 @@ class LoopNestEngine(wiring.Component):
         pass_d = Signal(range(len(plan) + 1))
         active_d, self.first_d, last_d, valid_d = Signal(), Signal(), Signal(), Signal()
         self.cf = [self.late(cd[k]) for k in range(n_ctr)]                        # at stage D
-        issuing = Signal()
+        self.issuing = issuing = Signal()       # the running pass issues a term this cycle
         self.valid = valid = Signal()
 
         label, train, label_ok = Signal(LABEL_BITS), Signal(), Signal()

@@ -40,15 +40,17 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from amaranth.hdl import Array, Const, Mux, Value, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 
 from dfa_engine.config import ConfigError
 from dfa_engine.rnn_config import RNNEngineConfig
 
-from .arith import hardtanh, times_const
+from .arith import LFSRDraw, hardtanh, times_const
+from .feedback import lfsr_entry
 from .engine import stream_ports
-from .loopnest import LOOP_COUNTERS, PIPELINE_DEPTH, LoopNestEngine, PassPlan, bits_for, lut, schedule_cycles
+from .loopnest import (LOOP_COUNTERS, PIPELINE_DEPTH, READ_LATENCY, LoopNestEngine, PassPlan, bits_for, lut,
+                       schedule_cycles)
 
 __all__ = ["RNNEngine", "rnn_engine_signature", "rnn_address_layout", "rnn_host_address", "RNN_COUNTERS",
            "rnn_cycles", "rnn_schedule", "rnn_host_parameters", "rnn_matrix_shapes"]
@@ -106,11 +108,6 @@ def _check(cfg: RNNEngineConfig):
                        ("update", cfg.rounding_update)):
         if mode not in ("nearest", "trunc"):
             raise ConfigError(f"rounding.{name}", mode, "is not implemented by the RNN engine (nearest or trunc)")
-    if cfg.feedback.storage != "table" and cfg.method != "bptt":
-        # the golden model and the float study count an LFSR's 0 bits; an engine that stored
-        # the lists anyway would not be what was asked for
-        raise ConfigError("feedback.storage", cfg.feedback.storage,
-                          "is not implemented by the RNN engine yet: it stores the feedback (\"table\")")
 
 
 def rnn_schedule(cfg: RNNEngineConfig) -> tuple:
@@ -208,7 +205,10 @@ class RNNEngine(LoopNestEngine):
             np.add.at(dense, (np.arange(H)[:, None].repeat(cfg.feedback.k, 1), sp.index), values)
             if not np.array_equal(dense, B):      # one definition of B: the lists must be the matrix
                 raise RuntimeError("the sparse feedback lists do not add up to feedback_matrix's B")
-            self.brom = self.index_value_rom("B", sp.index, values, C)
+            if cfg.feedback.storage == "lfsr":
+                self._build_lfsr_feedback()
+            else:
+                self.brom = self.index_value_rom("B", sp.index, values, C)
         if self._stored_deltas:
             # delta_t of the window's steps (slot k = step T - K + k), written top-down
             self.d1mem = mem("delta1", f.delta.amaranth_shape(), self._K * H)
@@ -221,6 +221,48 @@ class RNNEngine(LoopNestEngine):
             # pass fails an assertion on the ECP5 with a second read port on the block RAM)
             self.hcopy = mem("h_own", f.activation.amaranth_shape(), T * H)
             self.hown = self.hcopy.r
+
+    def _build_lfsr_feedback(self):
+        """``storage = "lfsr"``: no table; the PROJ pass visits entry ``m`` of neuron ``i`` as
+        draw ``i k + m`` of the layer's LFSR stream, the order in which
+        ``dfa_engine.feedback.sparse_feedback`` draws them, so one draw a term regenerates the
+        lists. The LFSR sits at its seed whenever the pass is not issuing."""
+        from dfa_engine.lfsr import seed_state
+
+        m, fb = self.m, self._cfg.feedback
+        seed = seed_state(fb.seed, 0)
+        m.submodules.fb_lfsr = self.fb_gen = gen = LFSRDraw(per_cycle=1, reset_state=seed)
+        self.fb_issuing = Signal()                      # the PROJ pass issues (set in issue_PROJ)
+        m.d.comb += [gen.en.eq(self.fb_issuing), gen.load.eq(~self.fb_issuing), gen.seed.eq(seed)]
+        vw = self._cfg.formats.feedback.width
+        self.fb_issue_word = Signal(vw + bits_for(self._cfg.classes))   # {index, value} at issue
+        # the word reaches stage A with the pass's other reads (address register, read, data)
+        word = self.fb_issue_word
+        for n in range(READ_LATENCY):
+            nxt = Signal.like(word, name=f"fb_word{n}")
+            self._late_m.d.sync += nxt.eq(word)
+            word = nxt
+        self.fb_word = word
+
+    def _issue_lfsr_entry(self, m_index):
+        """Entry ``m_index`` of the row whose draws the LFSR presents (``w_0`` kept from its
+        first entry), as the ``{index, value}`` word of :meth:`index_value_rom`."""
+        cfg, f = self._cfg, self._cfg.formats
+        w = self.fb_gen.words[:32]
+        w0 = Signal(16, name="fb_w0")
+        with self.m.If(self.issuing & (m_index == 0)):
+            self.m.d.sync += w0.eq(w[:16])
+        ent = lfsr_entry(cfg.feedback, cfg.classes, f.feedback.max_raw, Mux(m_index == 0, w[:16], w0), w, m_index)
+        one = Const(1 << f.feedback.frac_bits, f.feedback.width)
+        if cfg.feedback.values == "pm1":
+            magnitude = one
+        elif cfg.feedback.values == "pow2":
+            magnitude = one >> ent["shift"]
+        else:
+            magnitude = ent["magnitude"]
+        value = Signal(signed(f.feedback.width), name="fb_value")
+        self.m.d.comb += [value.eq(Mux(ent["sign"], -magnitude, magnitude)), self.fb_issuing.eq(self.issuing),
+                          self.fb_issue_word.eq(Cat(value, ent["index"]))]
 
     def widths(self, plan):
         cfg, f = self._cfg, self._cfg.formats
@@ -368,12 +410,17 @@ class RNNEngine(LoopNestEngine):
     def issue_PROJ(self, p):
         i, c = self.c[:2]
         cfg = self._cfg
+        if cfg.feedback.kind == "sparse" and cfg.feedback.storage == "lfsr":
+            self._issue_lfsr_entry(c)
+            return
         per_row = cfg.classes if cfg.feedback.kind == "dense" else cfg.feedback.k
         self.m.d.comb += self.brom.r.addr.eq(times_const(i, per_row) + c)
 
     def stage_PROJ(self, p):
         if self._cfg.feedback.kind == "dense":
             value, index = self.brom.r.data, self.cd[1]
+        elif self._cfg.feedback.storage == "lfsr":
+            value, index = self.index_value(self.fb_word)
         else:
             value, index = self.index_value(self.brom.r.data)
         self.m.d.comb += [self.mul_a.eq(value), self.mul_b.eq(self.oe.e[index]), self.init.eq(0)]
