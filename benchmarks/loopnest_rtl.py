@@ -9,9 +9,11 @@ the golden model as ``dfa-engine rtl`` does. Prints a table and, with ``--json P
 writes one row per case: ``{"case", "network", "train_samples", "test_samples", "bit_exact",
 "cycles_per_sample", "schedule_cycles_per_sample", "loop_terms_per_sample",
 "sim_cycles_per_second", "rtl_test_accuracy", "build_s", "run_s"}`` (an existing file keeps
-the rows of the cases not run).
+the rows of the cases not run). ``--config PATH`` runs any CNN or RNN configuration file as
+one more case, named after the file.
 
     python benchmarks/loopnest_rtl.py --train-samples 100 --test-samples 100 --json benchmarks/results/loopnest_rtl.json
+    python benchmarks/loopnest_rtl.py --only rnn --config my_rnn.toml
 """
 
 from __future__ import annotations
@@ -32,15 +34,16 @@ CASES = {"cnn": "examples/cnn_2conv_hybrid.toml", "rnn": "examples/rnn_rowwise_d
          "rnn_leaky": "examples/rnn_rowwise_leaky.toml"}
 
 
-def run_case(name, nt, ne):
-    cfg = load_engine_config(ROOT / CASES[name])
+def run_case(name, nt, ne, path=None):
+    path = path or CASES[name]
+    cfg = load_engine_config(ROOT / path)
     ds = load_dataset("mnist5k")
     X = cfg.formats.input.from_float(np.concatenate([ds.x_train[:nt], ds.x_test[:ne]]))
-    X = X.reshape(len(X), *cfg.input_shape) if name == "cnn" else X.reshape(len(X), cfg.steps, cfg.inputs)
+    X = X.reshape(len(X), cfg.steps, cfg.inputs) if hasattr(cfg, "steps") else X.reshape(len(X), *cfg.input_shape)
     Y = np.concatenate([ds.y_train[:nt], ds.y_test[:ne]])
     s = train_then_infer(cfg, X, Y, nt, tag="bench")
     sched = loopnest_engine_info(cfg)["cycles_per_sample"]
-    return {"case": name, "config": CASES[name], "network": cfg.network_name, "train_samples": nt, "test_samples": ne,
+    return {"case": name, "config": str(path), "network": cfg.network_name, "train_samples": nt, "test_samples": ne,
             "bit_exact": s["bit_exact"],
             "cycles_per_sample": s["cycles_per_train_sample"], "schedule_cycles_per_sample": sched["train_sample"],
             "loop_terms_per_sample": sched["terms_per_sample"],
@@ -53,9 +56,12 @@ def main(argv=None):
     ap.add_argument("--only", action="append", choices=sorted(CASES))
     ap.add_argument("--train-samples", type=int, default=100)
     ap.add_argument("--test-samples", type=int, default=100)
+    ap.add_argument("--config", action="append", default=[], help="a CNN or RNN configuration file (repeatable)")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
-    rows = [run_case(name, args.train_samples, args.test_samples) for name in args.only or list(CASES)]
+    names = args.only or ([] if args.config else list(CASES))
+    rows = [run_case(name, args.train_samples, args.test_samples) for name in names]
+    rows += [run_case(Path(p).stem, args.train_samples, args.test_samples, Path(p).resolve()) for p in args.config]
     print(f"{'case':<9} {'network':<28} {'train':>5} {'test':>5} {'bit-exact':>9} {'cycles/sample':>13} "
           f"{'schedule':>9} {'loop terms':>10} {'sim cycles/s':>12} {'build s':>7} {'run s':>6}")
     for r in rows:
