@@ -35,6 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from dfa_engine.rnn import RNN, RNNConfig, RNNFeedback, load_task  # noqa: E402
+from dfa_engine.study_rnn import seed_spread  # noqa: E402
 
 H, BATCH, CLIP = 128, 16, 1.0
 
@@ -121,16 +122,13 @@ def main(argv=None):
         grid = [(lr, s) for lr in (0.1, 0.3, 1.0) for s in ((1.0,) if method == "bptt" else (1.0, 0.1, 0.01))]
         scores = [(train(method, lr, s, 0, val, 5)[-1], lr, s) for lr, s in grid]
         best = max(scores, key=lambda r: r[0])          # the first of equal scores
-        finals, bests = [], []
-        for seed in (int(v) for v in args.seeds.split(",")):
-            curve = train(method, best[1], best[2], seed, (X, Y, Xt, Yt), args.epochs)
-            finals.append(curve[-1])
-            bests.append(max(curve))
+        curves = [train(method, best[1], best[2], seed, (X, Y, Xt, Yt), args.epochs)
+                  for seed in (int(v) for v in args.seeds.split(","))]
         rows.append({"cell": "gru", "method": method, "validation": [list(r) for r in scores], "lr": best[1],
                      "feedback_scale": best[2] if method != "bptt" else None, "seeds": args.seeds,
-                     "final": finals, "best_epoch": bests, "final_mean": sum(finals) / len(finals),
-                     "best_epoch_mean": sum(bests) / len(bests), "seconds": round(time.perf_counter() - t0, 1)})
+                     **seed_spread(curves), "seconds": round(time.perf_counter() - t0, 1)})
         r = rows[-1]
+        finals = r["final"]
         print(f"gru {method:<5} lr {r['lr']:<4g} scale {r['feedback_scale'] or '-'!s:<5} final "
               f"{100 * r['final_mean']:5.1f} ({100 * min(finals):.1f}-{100 * max(finals):.1f})  best epoch "
               f"{100 * r['best_epoch_mean']:5.1f}  {r['seconds']:.0f} s", flush=True)

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from dfa_engine.rnn import load_task  # noqa: E402
-from dfa_engine.study_rnn import ENTRIES, config, train  # noqa: E402
+from dfa_engine.study_rnn import ENTRIES, config, seed_spread, train  # noqa: E402
 
 DEFAULT = "bptt,bptt_leaky,dfa_w4,dfa_leaky,dfa_trace,dfa_sparse_trace,wout_leaky,wout_trace"
 
@@ -44,17 +44,15 @@ def main(argv=None):
         entry, _, lr = spec.partition("@")
         if entry not in ENTRIES:
             raise SystemExit(f"--entries: unknown entry {entry!r}; known: {', '.join(ENTRIES)}")
-        finals, bests = [], []
+        curves = []
         t0 = time.perf_counter()
         for seed in seeds:
             cfg = config("mnist5k", entry, meta, lr=float(lr) if lr else None).with_(seed=seed)
-            _, curve, _ = train(cfg, (X, Y, Xt, Yt), args.epochs)
-            finals.append(curve[-1])
-            bests.append(max(curve))
-        rows.append({"entry": spec, "label": ENTRIES[entry][0], "lr": cfg.lr, "seeds": seeds, "final": finals,
-                     "best_epoch": bests, "final_mean": sum(finals) / len(finals),
-                     "best_epoch_mean": sum(bests) / len(bests), "seconds": round(time.perf_counter() - t0, 1)})
+            curves.append(train(cfg, (X, Y, Xt, Yt), args.epochs)[1])
+        rows.append({"entry": spec, "label": ENTRIES[entry][0], "lr": cfg.lr, "seeds": seeds, **seed_spread(curves),
+                     "seconds": round(time.perf_counter() - t0, 1)})
         r = rows[-1]
+        finals, bests = r["final"], r["best_epoch"]
         print(f"{spec:<18} lr {r['lr']:<5g} final {100 * r['final_mean']:5.1f} ({100 * min(finals):.1f}-"
               f"{100 * max(finals):.1f})  best epoch {100 * r['best_epoch_mean']:5.1f} ({100 * min(bests):.1f}-"
               f"{100 * max(bests):.1f})  {r['seconds']:.0f} s", flush=True)

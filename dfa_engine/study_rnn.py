@@ -159,6 +159,14 @@ def train(cfg, data, epochs):
     return net, curve, diverged
 
 
+def seed_spread(curves) -> dict:
+    """Per-seed test curves -> the final and best-epoch metric of each seed and their means
+    (the seed tables of ``benchmarks/rnn_leaky_seeds.py`` and ``rnn_gru_probe.py``)."""
+    finals, bests = [c[-1] for c in curves], [max(c) for c in curves]
+    return {"final": finals, "best_epoch": bests, "final_mean": sum(finals) / len(finals),
+            "best_epoch_mean": sum(bests) / len(bests)}
+
+
 def study(task="mnist5k", epochs=20, quick=False, quiet=False, entries=tuple(ENTRIES)):
     from .rnn import costs, load_task
 
