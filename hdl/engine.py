@@ -36,7 +36,7 @@ from dfa_engine.feedback import feedback_matrix, initial_parameters, sparse_feed
 from dfa_engine.lfsr import seed_state
 
 from .arith import LFSRDraw, Requantize, hardtanh, times_const
-from .feedback import SparseProjection, entry_layout, lfsr_entry
+from .feedback import SparseProjection, entry_layout, lfsr_entry, lfsr_row_base
 from .mac import MACArray
 from .memory import DelayLine, SinglePortRAM, is_ice40_up, spram_plan
 from .output_error import OutputError
@@ -624,10 +624,12 @@ class Engine(wiring.Component):
                     fields = []
                     for p in range(P):
                         w0 = gen.words[(p * k) * 32:(p * k) * 32 + 32]
+                        base = Signal(_bits(C), name=f"fb_base{l + 1}_{p}")
+                        m.d.comb += base.eq(lfsr_row_base(w0, C))
                         for jj in range(k):
                             w = gen.words[(p * k + jj) * 32:(p * k + jj) * 32 + 32]
                             ent = Signal(ent_layout, name=f"fb_ent{l + 1}_{p}_{jj}")
-                            for name, value in lfsr_entry(cfg.feedback, C, f.feedback.max_raw, w0, w, jj).items():
+                            for name, value in lfsr_entry(cfg.feedback, C, f.feedback.max_raw, base, w, jj).items():
                                 m.d.comb += getattr(ent, name).eq(value)
                             fields.append(ent.as_value())
                     with m.If(issue):

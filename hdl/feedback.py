@@ -19,7 +19,7 @@ from dfa_engine.config import EngineConfig
 
 from .arith import Requantize, times_const
 
-__all__ = ["SparseProjection", "entry_layout", "lfsr_entry"]
+__all__ = ["SparseProjection", "entry_layout", "lfsr_entry", "lfsr_row_base"]
 
 
 def entry_layout(cfg: EngineConfig) -> data.StructLayout:
@@ -33,14 +33,19 @@ def entry_layout(cfg: EngineConfig) -> data.StructLayout:
     return data.StructLayout(fields)
 
 
-def lfsr_entry(fb, n_classes: int, max_raw: int, base_word, word, m):
+def lfsr_row_base(w0, n_classes: int):
+    """The first class index of a row, ``((w_0 & 0xFFFF) * C) >> 16``, from its first draw
+    (``dfa_engine.feedback.sparse_feedback``); formed once per row, shared by its entries."""
+    return times_const(w0[:16], n_classes) >> 16
+
+
+def lfsr_entry(fb, n_classes: int, max_raw: int, base, word, m):
     """Entry ``m`` of a row regenerated from its LFSR draws, as ``dfa_engine.feedback.
-    sparse_feedback`` defines it: ``base_word`` is the row's first draw ``w_0`` (its low 16
-    bits suffice), ``word`` its draw ``w_m``; ``m`` an int or a value below ``C``. Returns a
-    dict of expressions for the fields of :func:`entry_layout` (``index``, ``sign`` and, by
-    ``fb.values``, ``shift`` or ``magnitude``); no divider, constant multipliers only."""
+    sparse_feedback`` defines it: ``base`` from :func:`lfsr_row_base`, ``word`` the row's draw
+    ``w_m``; ``m`` an int or a value below ``C``. Returns a dict of expressions for the fields
+    of :func:`entry_layout` (``index``, ``sign`` and, by ``fb.values``, ``shift`` or
+    ``magnitude``); no divider, constant multipliers only."""
     C = n_classes
-    base = times_const(base_word[:16], C) >> 16
     fields = {"index": Mux(base + m >= C, base + m - C, base + m), "sign": word[16]}
     if fb.values == "pow2":
         fields["shift"] = times_const(word[17:32], fb.max_shift + 1) >> 15

@@ -47,7 +47,7 @@ from dfa_engine.config import ConfigError
 from dfa_engine.rnn_config import RNNEngineConfig
 
 from .arith import LFSRDraw, hardtanh, times_const
-from .feedback import lfsr_entry
+from .feedback import lfsr_entry, lfsr_row_base
 from .engine import stream_ports
 from .loopnest import (LOOP_COUNTERS, PIPELINE_DEPTH, READ_LATENCY, LoopNestEngine, PassPlan, bits_for, lut,
                        schedule_cycles)
@@ -252,7 +252,8 @@ class RNNEngine(LoopNestEngine):
         w0 = Signal(16, name="fb_w0")
         with self.m.If(self.issuing & (m_index == 0)):
             self.m.d.sync += w0.eq(w[:16])
-        ent = lfsr_entry(cfg.feedback, cfg.classes, f.feedback.max_raw, Mux(m_index == 0, w[:16], w0), w, m_index)
+        base = lfsr_row_base(Mux(m_index == 0, w[:16], w0), cfg.classes)
+        ent = lfsr_entry(cfg.feedback, cfg.classes, f.feedback.max_raw, base, w, m_index)
         one = Const(1 << f.feedback.frac_bits, f.feedback.width)
         if cfg.feedback.values == "pm1":
             magnitude = one
